@@ -1,0 +1,175 @@
+"""The ``icebreaker`` command: one subcommand per pipeline stage, plus the whole pipeline.
+
+    icebreaker pipeline --config configs/local-cpu.yaml --out runs/demo
+    icebreaker simulate --config quick --out runs/q --set sim.num_users=50
+    icebreaker show-config --config gpu-cluster
+
+Every stage command takes ``--config`` (a preset path or name), ``--out`` (a local dir or
+a storage URI) and ``--set section.key=value`` overrides. Errors in input (config,
+Parquet, missing models) print one clear message and exit with status 2; a stage that is
+not built yet says so and exits with status 3.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from icebreaker_ray.config import Config, ConfigError, load_config
+from icebreaker_ray.data.io import DataError
+from icebreaker_ray.models import ModelNotFoundError, set_offline
+from icebreaker_ray.pipeline import (
+    STAGES,
+    Stage,
+    StageNotBuilt,
+    default_out,
+    run_pipeline,
+    run_stage,
+)
+
+app = typer.Typer(
+    help="ICEBREAKER on Ray: personalized conversation starters from session logs.\n\n"
+    "Stages run in this order: " + " -> ".join(s.name for s in STAGES) + ".",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    str, typer.Option("--config", "-c", help="Preset path or name in configs/ (local-cpu, quick, gpu-cluster).")
+]
+OutOpt = Annotated[
+    str | None, typer.Option("--out", "-o", help="Output root (dir or URI). Default: run.storage_path/run.name.")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable).")
+]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray).")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun even if the outputs are complete.")]
+
+EXIT_BAD_INPUT = 2
+EXIT_NOT_BUILT = 3
+
+
+def _load(config: str, overrides: list[str] | None, address: str | None) -> Config:
+    cfg = load_config(config, overrides)
+    if address:
+        cfg.ray.address = address
+    set_offline(cfg.models.offline)
+    return cfg
+
+
+def _fail(message: str, code: int) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _guarded(fn):
+    """Turn the project's input errors into one readable line and an exit status."""
+    try:
+        return fn()
+    except StageNotBuilt as exc:
+        _fail(str(exc), EXIT_NOT_BUILT)
+    except (ConfigError, DataError, ModelNotFoundError) as exc:
+        _fail(str(exc), EXIT_BAD_INPUT)
+
+
+def _register_stage(stage: Stage) -> None:
+    def command(
+        config: ConfigOpt = "local-cpu",
+        out: OutOpt = None,
+        overrides: SetOpt = None,
+        address: AddressOpt = None,
+        force: ForceOpt = False,
+    ) -> None:
+        def body() -> None:
+            cfg = _load(config, overrides, address)
+            target = out or default_out(cfg)
+            manifest = run_stage(stage.name, cfg, target, force=force)
+            state = "already complete, skipped" if manifest.get("skipped") else "done"
+            console.print(f"[green]{stage.name}[/]: {state} -> {target}/{stage.name}")
+
+        _guarded(body)
+
+    command.__doc__ = stage.help
+    app.command(name=stage.name, help=stage.help)(command)
+
+
+for _stage in STAGES:
+    _register_stage(_stage)
+
+
+@app.command()
+def pipeline(
+    config: ConfigOpt = "local-cpu",
+    out: OutOpt = None,
+    overrides: SetOpt = None,
+    address: AddressOpt = None,
+    until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
+) -> None:
+    """Run every stage in order, skipping stages whose outputs are complete."""
+
+    def body() -> None:
+        cfg = _load(config, overrides, address)
+        target = out or default_out(cfg)
+        console.print(f"pipeline -> [bold]{target}[/] (config {config})")
+
+        def show(stage: Stage, status: str, manifest: dict | None) -> None:
+            if status == "running":
+                console.print(f"[cyan]>[/] {stage.name} ...")
+            else:
+                took = (manifest or {}).get("duration_s")
+                extra = f" in {took:.1f}s" if took and status == "done" else ""
+                console.print(f"[green]✓[/] {stage.name}: {status}{extra}")
+
+        run_pipeline(cfg, target, until=until, on_stage=show)
+        console.print(f"[bold green]pipeline complete[/] -> {target}")
+
+    _guarded(body)
+
+
+@app.command("show-config")
+def show_config(config: ConfigOpt = "local-cpu", overrides: SetOpt = None) -> None:
+    """Print the resolved configuration (preset + overrides) as YAML."""
+    _guarded(lambda: print(yaml.safe_dump(load_config(config, overrides).model_dump(mode="json"), sort_keys=False)))
+
+
+@app.command()
+def stages() -> None:
+    """List the stages, what they produce and whether they are built."""
+    table = Table("stage", "built", "description")
+    for stage in STAGES:
+        table.add_row(stage.name, "yes" if stage.target else f"no (#{stage.issue})", stage.help)
+    Console().print(table)
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option(help="Generator: alias, HF directory or Hub id.")] = "smollm2-135m-instruct",
+    user: Annotated[str | None, typer.Option(help="A user id in the run's sessions.")] = None,
+    config: ConfigOpt = "local-cpu",
+) -> None:
+    """Sample starters for one user with a generator and print the filtered list."""
+    _fail("command 'generate' is not built yet (tracked in issue #5)", EXIT_NOT_BUILT)
+
+
+@app.command()
+def serve(config: ConfigOpt = "local-cpu") -> None:
+    """Start the Ray Serve application (HTTP API + demo page) on this machine."""
+    _fail("command 'serve' is not built yet (tracked in issue #8)", EXIT_NOT_BUILT)
+
+
+def main() -> None:
+    app(prog_name="icebreaker")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""Configuration: one pydantic model per pipeline section, loaded from YAML presets.
+
+    cfg = load_config("configs/local-cpu.yaml", overrides=["sim.num_users=50"])
+    cfg.search.K            # -> 4
+
+Presets live in ``configs/``. A preset may start with ``extends: other.yaml`` (a path
+relative to the preset) and then overrides only what differs. Every section forbids
+unknown keys, so a typo fails loudly with the key path and the file that holds it.
+The defaults below are the ``local-cpu`` preset: small models, a local Ray instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_PRESET = "local-cpu.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key and its source."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunSection(Section):
+    name: str = "default"
+    seed: int = 0
+    # Root of all stage outputs: a local directory or a pyarrow/fsspec URI (s3://, gs://, ...).
+    storage_path: str = "runs"
+
+
+class RaySection(Section):
+    # None: connect to RAY_ADDRESS if set, else start a local instance.
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    namespace: str = "icebreaker"
+
+
+class ModelsSection(Section):
+    # A built-in alias ("smollm2-135m-instruct"), a local HF model directory or a Hub id.
+    generator: str = "smollm2-135m-instruct"
+    embedder: str = "all-minilm-l6-v2"
+    # Where converted models live; ICEBREAKER_CACHE overrides it. None: ~/.cache/icebreaker-ray.
+    cache_dir: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # HF_HUB_OFFLINE=1 unless explicitly turned off (clusters with Hub access).
+    offline: bool = True
+
+
+class DataSection(Section):
+    # "sim": the embedded simulated world; otherwise a directory (or URI) holding
+    # users/sessions/impressions Parquet in the schemas of icebreaker_ray.data.schemas.
+    source: str = "sim"
+
+
+class SimSection(Section):
+    num_users: int = Field(default=300, ge=1)
+    num_days: int = Field(default=28, ge=2)
+    # Days of the logging policy (deployed retrieval baseline) writing impressions.
+    impression_days: int = Field(default=14, ge=1)
+    # Ray tasks used to generate users in parallel (1 = one process, no Ray).
+    num_shards: int = Field(default=1, ge=1)
+
+
+class GenerationSection(Section):
+    K: int = Field(default=4, ge=1, le=20)
+    num_candidates: int = Field(default=8, ge=1)
+    temperature: float = Field(default=0.9, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_new_tokens: int = Field(default=96, ge=8)
+    batch_size: int = Field(default=8, ge=1)
+
+
+class FilterSection(Section):
+    max_chars: int = Field(default=64, ge=8)
+    min_chars: int = Field(default=8, ge=1)
+    near_dup_threshold: float = Field(default=0.9, gt=0, le=1)
+    sensitive_threshold: float = Field(default=0.6, gt=0, le=1)
+
+
+class JudgeSection(Section):
+    backend: Literal["embedding", "hf", "openai"] = "embedding"
+    threshold: float = Field(default=0.6, ge=-1, le=1)
+    # Later sessions are only compared with the top-k most similar earlier ones (keeps cost
+    # linear in sessions instead of quadratic).
+    candidates_per_session: int = Field(default=3, ge=1)
+    hf_model: str | None = None
+    openai_url: str | None = None
+    openai_model: str = "judge"
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    num_actors: int = Field(default=2, ge=1)
+
+
+class ScorerSection(Section):
+    dim: int = Field(default=128, ge=8)
+    epochs: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=32, ge=2)
+    temperature: float = Field(default=0.1, gt=0)
+    num_workers: int = Field(default=2, ge=1)
+    # GPU clusters: fine-tune the text encoder itself instead of heads on frozen embeddings.
+    finetune_text_encoder: bool = False
+
+
+class GatingSection(Section):
+    num_buckets: int = Field(default=4, ge=1)
+    objective: Literal["f1", "recall"] = "f1"
+    target_recall: float = Field(default=0.8, gt=0, le=1)
+    max_interests: int = Field(default=5, ge=1)
+
+
+class TeacherSection(Section):
+    backend: Literal["sim", "hf", "openai"] = "sim"
+    hf_model: str | None = None
+    openai_url: str | None = None
+    openai_model: str = "teacher"
+    min_questions: int = Field(default=5, ge=1)
+    max_questions: int = Field(default=20, ge=1)
+    num_actors: int = Field(default=2, ge=1)
+
+
+class LoraSection(Section):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class TrainSection(Section):
+    """Shared by SFT and DPO: Ray Train scaling, DeepSpeed, LoRA, checkpoints."""
+
+    num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=60, ge=1)
+    per_device_batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    learning_rate: float = Field(default=5e-5, gt=0)
+    max_length: int = Field(default=256, ge=16)
+    bf16: bool = False
+    # 0 disables DeepSpeed; 2 runs on CPU here; 3 for multi-GPU clusters.
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    lora: LoraSection | None = None
+    save_steps: int = Field(default=20, ge=1)
+    max_failures: int = Field(default=2, ge=0)
+
+
+class DPOSection(TrainSection):
+    beta: float = Field(default=0.1, gt=0)
+    learning_rate: float = Field(default=5e-6, gt=0)
+    negatives: list[Literal["utility", "diversity", "joint"]] = ["utility", "diversity", "joint"]
+
+
+class RankerSection(Section):
+    hidden: int = Field(default=128, ge=8)
+    epochs: int = Field(default=10, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: int = Field(default=256, ge=2)
+    # R_util = (1 - depth_weight) * click head + depth_weight * depth head (eq. 7).
+    depth_weight: float = Field(default=0.3, ge=0, le=1)
+    num_workers: int = Field(default=2, ge=1)
+
+
+class SearchSection(Section):
+    """Algorithm 1 (hybrid reward list search) and SELECTNEGATIVES thresholds."""
+
+    K: int = Field(default=4, ge=1)
+    N: int = Field(default=16, ge=1)
+    J: int = Field(default=4, ge=1)
+    M: int = Field(default=6, ge=1)
+    lam: float = Field(default=0.5, ge=0)
+    util_gap: float = Field(default=0.1, ge=0)
+    util_tolerance: float = Field(default=0.05, ge=0)
+    div_gap: float = Field(default=0.1, ge=0)
+    div_tolerance: float = Field(default=0.05, ge=0)
+    # Share of the candidate pool filled with teacher-distilled starters (App. C.3).
+    teacher_mix_ratio: float = Field(default=0.25, ge=0, le=1)
+    num_actors: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _k_fits_pool(self) -> SearchSection:
+        if self.K > self.N:
+            raise ValueError(f"K={self.K} is larger than the candidate pool N={self.N}")
+        return self
+
+
+class IterateSection(Section):
+    rounds: int = Field(default=2, ge=1)
+    days_per_round: int = Field(default=7, ge=1)
+
+
+class EvalSection(Section):
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    ab_days: int = Field(default=14, ge=1)
+    n_boot: int = Field(default=1000, ge=100)
+
+
+class DeploymentSection(Section):
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=4.0, gt=0)
+    max_ongoing_requests: int = Field(default=16, ge=1)
+
+
+class ServeSection(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    # Name of the env var that holds the API key; without a key the server binds to 127.0.0.1 only.
+    api_key_env: str = "ICEBREAKER_API_KEY"
+    cache_ttl_s: float = Field(default=300.0, ge=0)
+    max_summaries: int = Field(default=200, ge=1)
+    max_summary_chars: int = Field(default=1000, ge=1)
+    event_store: str = "events.sqlite"
+    deployments: dict[str, DeploymentSection] = {}
+
+
+class Config(Section):
+    run: RunSection = RunSection()
+    ray: RaySection = RaySection()
+    models: ModelsSection = ModelsSection()
+    data: DataSection = DataSection()
+    sim: SimSection = SimSection()
+    generation: GenerationSection = GenerationSection()
+    filter: FilterSection = FilterSection()
+    judge: JudgeSection = JudgeSection()
+    scorer: ScorerSection = ScorerSection()
+    gating: GatingSection = GatingSection()
+    teacher: TeacherSection = TeacherSection()
+    sft: TrainSection = TrainSection()
+    dpo: DPOSection = DPOSection()
+    ranker: RankerSection = RankerSection()
+    search: SearchSection = SearchSection()
+    iterate: IterateSection = IterateSection()
+    eval: EvalSection = EvalSection()
+    serve: ServeSection = ServeSection()
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none): stage outputs record it so
+        a rerun with a changed config does not reuse stale outputs."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {name: data[name] for name in sections}
+        blob = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in chain:
+        raise ConfigError(f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, chain))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: invalid YAML{line}: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _read_yaml((path.parent / str(parent)).resolve(), (*chain, path))
+    return _deep_merge(base, data)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r}: expected section.key=value")
+    parts = key.split(".")
+    node: Any = Config
+    for part in parts[:-1]:
+        # Walk the schema so an unknown section fails here, naming the key.
+        fields = getattr(node, "model_fields", None)
+        if fields is None or part not in fields:
+            raise ConfigError(f"--set {override!r}: unknown key '{key}'")
+        node = fields[part].annotation
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {override!r}: value is not valid YAML: {exc}") from exc
+    target = data
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {override!r}: '{part}' is not a section")
+    target[parts[-1]] = value
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: key '{key}': {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def resolve_preset(path: str | Path | None) -> Path:
+    """A path as given, or a bare preset name looked up in ``configs/`` ("quick" -> quick.yaml)."""
+    if path is None:
+        return CONFIG_DIR / DEFAULT_PRESET
+    p = Path(path)
+    if p.exists():
+        return p.resolve()
+    named = CONFIG_DIR / (p.name if p.suffix else f"{p.name}.yaml")
+    return named if named.exists() else p
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a preset (default: configs/local-cpu.yaml), apply ``section.key=value`` overrides."""
+    source = resolve_preset(path)
+    data = _read_yaml(source)
+    for override in overrides or []:
+        _apply_override(data, override)
+    label = str(source) + (" (with --set overrides)" if overrides else "")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, label)) from None

@@ -1,0 +1,1 @@
+"""Data contracts (pyarrow schemas) and validated, atomic Parquet I/O with stage manifests."""

@@ -1,0 +1,275 @@
+"""Validated, atomic Parquet I/O and stage manifests.
+
+Every path may be a local path or a pyarrow filesystem URI (``s3://bucket/run``,
+``gs://...``, ``file:///...``), so the same stage code runs on a laptop and on a
+cluster with shared storage.
+
+    out = StageWriter("runs/demo", "simulate")
+    out.write_table("sessions", table)          # validated against the schema, temp + rename
+    out.commit(fingerprint=cfg.fingerprint("sim"), metrics={...})   # manifest written last
+    is_complete("runs/demo", "simulate", fingerprint=...)           # -> True
+    read_table("runs/demo/simulate/sessions.parquet", "sessions")   # validated on read
+
+A stage counts as finished only when its manifest exists and every file it lists is
+present with the recorded size; the manifest is written last, so a stage killed midway
+is rerun, not trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from icebreaker_ray.data.schemas import ALLOWED_VALUES, OPTIONAL, schema
+
+MANIFEST = "_manifest.json"
+
+
+class DataError(ValueError):
+    """A table or file does not meet its contract; the message names the file and column."""
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def resolve(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI."""
+    uri = os.fspath(uri)
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _atomic_write_bytes(uri: str, payload: bytes) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(payload)
+    fs.move(tmp, path)
+
+
+def write_json(uri: str, obj: Any) -> None:
+    _atomic_write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(uri: str) -> Any:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read().decode())
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_table(table: pa.Table, name: str, source: str = "<table>") -> pa.Table:
+    """Check ``table`` against the contract of ``name`` and return it in the exact schema.
+
+    Safe casts (int64 -> int32, large_string -> string, timestamp units/zones) are applied;
+    anything else raises :class:`DataError` naming ``source`` and the column.
+    """
+    target = schema(name)
+    optional = OPTIONAL.get(name, frozenset())
+    columns = []
+    for fld in target:
+        if fld.name not in table.column_names:
+            if fld.name in optional:
+                columns.append(pa.nulls(table.num_rows, fld.type))
+                continue
+            raise DataError(
+                f"{source}: missing column '{fld.name}' (table '{name}' expects {fld.type}; "
+                f"found columns: {', '.join(table.column_names) or 'none'})"
+            )
+        col = table.column(fld.name)
+        if col.type != fld.type:
+            try:
+                col = col.cast(fld.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise DataError(
+                    f"{source}: column '{fld.name}' has type {col.type}, expected {fld.type} "
+                    f"(table '{name}'): {exc}"
+                ) from None
+        if not fld.nullable and col.null_count:
+            raise DataError(
+                f"{source}: column '{fld.name}' has {col.null_count} null value(s); "
+                f"table '{name}' requires it to be set"
+            )
+        allowed = ALLOWED_VALUES.get((name, fld.name))
+        if allowed is not None:
+            bad = set(col.unique().to_pylist()) - allowed
+            if bad:
+                raise DataError(
+                    f"{source}: column '{fld.name}' has value(s) {sorted(map(str, bad))}; "
+                    f"allowed: {sorted(allowed)}"
+                )
+        columns.append(col)
+    return pa.Table.from_arrays(columns, schema=target)
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _parquet_files(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"{uri}: no such file or directory")
+    if info.type == pafs.FileType.File:
+        return [path]
+    found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = sorted(
+        f.path
+        for f in found
+        if f.type == pafs.FileType.File
+        and f.path.endswith(".parquet")
+        and ".tmp-" not in f.base_name
+        and not f.base_name.startswith(("_", "."))
+    )
+    if not files:
+        raise DataError(f"{uri}: directory holds no .parquet files")
+    return files
+
+
+def read_table(uri: str, name: str, *, allow_empty: bool = False) -> pa.Table:
+    """Read a Parquet file, or every ``*.parquet`` under a directory, as table ``name``."""
+    fs, path = resolve(uri)
+    parts = []
+    for file in _parquet_files(fs, path, uri):
+        if fs.get_file_info(file).size == 0:
+            raise DataError(f"{file}: file is empty (0 bytes), expected Parquet table '{name}'")
+        try:
+            with fs.open_input_file(file) as f:
+                table = pq.read_table(f)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
+        parts.append(validate_table(table, name, file))
+    table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+    if table.num_rows == 0 and not allow_empty:
+        raise DataError(f"{uri}: table '{name}' has no rows")
+    return table
+
+
+def write_table(table: pa.Table, uri: str, name: str) -> int:
+    """Validate and write atomically (temp file + rename). Returns the number of bytes."""
+    table = validate_table(table, name, f"writing {uri}")
+    fs, path = resolve(uri)
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as f:
+        pq.write_table(table, f, compression="zstd")
+    fs.move(tmp, path)
+    return fs.get_file_info(path).size
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_dir(root: str, stage: str) -> str:
+    return join(root, stage)
+
+
+def table_uri(root: str, stage: str, table: str) -> str:
+    return join(root, stage, f"{table}.parquet")
+
+
+@dataclass
+class StageWriter:
+    """Collects one stage's outputs and commits them with a manifest written last."""
+
+    root: str
+    stage: str
+    files: dict[str, dict[str, int]] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        # A rerun invalidates the previous completion marker before touching any file.
+        manifest = join(self.dir, MANIFEST)
+        if exists(manifest):
+            fs, path = resolve(manifest)
+            fs.delete_file(path)
+
+    @property
+    def dir(self) -> str:
+        return stage_dir(self.root, self.stage)
+
+    def path(self, relative: str) -> str:
+        return join(self.dir, relative)
+
+    def write_table(self, name: str, table: pa.Table, relative: str | None = None) -> str:
+        relative = relative or f"{name}.parquet"
+        uri = self.path(relative)
+        size = write_table(table, uri, name)
+        self.files[relative] = {"rows": table.num_rows, "bytes": size}
+        return uri
+
+    def write_json(self, relative: str, obj: Any) -> str:
+        uri = self.path(relative)
+        write_json(uri, obj)
+        self.add_file(relative)
+        return uri
+
+    def add_file(self, relative: str) -> None:
+        """Record a file the stage wrote by other means (a plot, a model directory)."""
+        fs, path = resolve(self.path(relative))
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise DataError(f"{self.path(relative)}: stage '{self.stage}' did not write it")
+        self.files[relative] = {"bytes": info.size if info.type == pafs.FileType.File else -1}
+
+    def commit(
+        self,
+        *,
+        fingerprint: str = "",
+        metrics: dict[str, Any] | None = None,
+        node_ids: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        manifest = {
+            "stage": self.stage,
+            "fingerprint": fingerprint,
+            "files": self.files,
+            "metrics": metrics or {},
+            "node_ids": sorted(set(node_ids)),
+            "started": self.started,
+            "finished": time.time(),
+        }
+        write_json(join(self.dir, MANIFEST), manifest)
+        return manifest
+
+
+def read_manifest(root: str, stage: str) -> dict[str, Any] | None:
+    uri = join(stage_dir(root, stage), MANIFEST)
+    return read_json(uri) if exists(uri) else None
+
+
+def is_complete(root: str, stage: str, fingerprint: str | None = None) -> bool:
+    """True when the stage's manifest exists, matches ``fingerprint`` and every file is there."""
+    manifest = read_manifest(root, stage)
+    if manifest is None:
+        return False
+    if fingerprint is not None and manifest.get("fingerprint") != fingerprint:
+        return False
+    fs, base = resolve(stage_dir(root, stage))
+    for relative, meta in manifest.get("files", {}).items():
+        info = fs.get_file_info(join(base, relative))
+        if info.type == pafs.FileType.NotFound:
+            return False
+        if meta.get("bytes", -1) >= 0 and info.size != meta["bytes"]:
+            return False
+    return True

