@@ -68,7 +68,7 @@ def _load(config: str, overrides: list[str] | None, address: str | None) -> Conf
 
 
 def _fail(message: str, code: int) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

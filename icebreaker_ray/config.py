@@ -84,7 +84,8 @@ class FilterSection(Section):
     max_chars: int = Field(default=64, ge=8)
     min_chars: int = Field(default=8, ge=1)
     near_dup_threshold: float = Field(default=0.9, gt=0, le=1)
-    sensitive_threshold: float = Field(default=0.6, gt=0, le=1)
+    # Cosine to the sensitive prototypes; 0.45 was tuned on MiniLM (isg/filters.py).
+    sensitive_threshold: float = Field(default=0.45, gt=0, le=1)
 
 
 class JudgeSection(Section):
@@ -180,8 +181,10 @@ class SearchSection(Section):
     J: int = Field(default=4, ge=1)
     M: int = Field(default=6, ge=1)
     lam: float = Field(default=0.5, ge=0)
-    util_gap: float = Field(default=0.1, ge=0)
-    util_tolerance: float = Field(default=0.05, ge=0)
+    # SELECTNEGATIVES: utility gaps/tolerances are relative to v_util(S+), diversity ones
+    # absolute (v_div is already on [0, 1]); see search/list_search.py.
+    util_gap: float = Field(default=0.2, ge=0)
+    util_tolerance: float = Field(default=0.1, ge=0)
     div_gap: float = Field(default=0.1, ge=0)
     div_tolerance: float = Field(default=0.05, ge=0)
     # Share of the candidate pool filled with teacher-distilled starters (App. C.3).

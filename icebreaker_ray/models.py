@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -221,3 +223,43 @@ def tiny_random_generator(out_dir: str | Path, seed: int = 0, cache: str | None 
         shutil.rmtree(out)
     tmp.rename(out)
     return str(out)
+
+
+class TextEncoder:
+    """L2-normalized sentence embeddings with an in-memory cache keyed by text.
+
+    Session summaries and pool starters repeat a lot, so caching makes the simulated
+    world and the retrieval baseline cost one forward pass per distinct text.
+
+        enc = TextEncoder("all-minilm-l6-v2")
+        enc(["One Piece cosplay", "index funds"]).shape   # -> (2, 384)
+    """
+
+    def __init__(self, name: str = "all-minilm-l6-v2", batch_size: int = 128) -> None:
+        self.name = name
+        self.batch_size = batch_size
+        self._model = None
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_embedder(self.name)
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    def __call__(self, texts) -> np.ndarray:
+        texts = list(texts)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            vecs = self.model.encode(
+                missing, batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            ).astype(np.float32)
+            self._cache.update(zip(missing, vecs, strict=True))
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.stack([self._cache[t] for t in texts])

@@ -50,8 +50,9 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("simulate", "Simulated world: users, session summaries, logged impressions.",
-          None, ("sim", "models"), issue=3),
+    Stage("simulate", "Simulated world: users, session summaries, logged impressions "
+          "(or ingest your own logs when data.source is a path).",
+          "icebreaker_ray.sim.stage:simulate", ("sim", "models", "generation", "gating"), issue=3),
     Stage("label-revisits", "Interest-revisit judge over (earlier, later) summary pairs (Table 5).",
           None, ("judge", "models"), ("simulate",), issue=4),
     Stage("train-scorer", "Two-tower resonance scorer, contrastive loss (eq. 2-3), Ray Train.",

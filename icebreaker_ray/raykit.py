@@ -63,8 +63,10 @@ def init_ray(cfg: Config | None = None, address: str | None = None, **kwargs) ->
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=target, **init_kwargs)
     else:
-        num_cpus = cfg.ray.num_cpus if cfg and cfg.ray.num_cpus else None
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **init_kwargs)
+        if cfg is not None and cfg.ray.num_cpus:
+            init_kwargs.setdefault("num_cpus", cfg.ray.num_cpus)
+        init_kwargs.setdefault("include_dashboard", False)
+        ray.init(**init_kwargs)
     log.info("ray: %s", ray.cluster_resources())
 
 
