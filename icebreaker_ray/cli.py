@@ -171,5 +171,12 @@ def main() -> None:
     app(prog_name="icebreaker")
 
 
+def job(command: str) -> None:
+    """Entry point of a ``jobs/*.py`` script: the same command as ``icebreaker COMMAND``,
+    so ``python jobs/sft.py --config X`` and ``ray job submit -- python jobs/sft.py
+    --config X`` run exactly what the CLI runs (inside a job, RAY_ADDRESS is the cluster)."""
+    app(args=[command, *sys.argv[1:]], prog_name=f"jobs/{command.replace('-', '_')}.py")
+
+
 if __name__ == "__main__":
     sys.exit(main())
