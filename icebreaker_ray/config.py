@@ -78,6 +78,8 @@ class GenerationSection(Section):
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_new_tokens: int = Field(default=96, ge=8)
     batch_size: int = Field(default=8, ge=1)
+    # PE baseline / CLI fallback: how many of a user's most recent raw summaries go in the prompt.
+    max_summaries: int = Field(default=5, ge=1)
 
 
 class FilterSection(Section):
@@ -90,28 +92,54 @@ class FilterSection(Section):
 
 class JudgeSection(Section):
     backend: Literal["embedding", "hf", "openai"] = "embedding"
-    threshold: float = Field(default=0.6, ge=-1, le=1)
+    # embedding backend: a pair is MATCH when the cosine of the two summaries is >= threshold.
+    # 0.4 on MiniLM: precision 0.75 / recall 0.53 against the simulator's truth (quick preset);
+    # 0.6 halves the recall for +0.14 precision.
+    threshold: float = Field(default=0.4, ge=-1, le=1)
     # Later sessions are only compared with the top-k most similar earlier ones (keeps cost
     # linear in sessions instead of quadratic).
     candidates_per_session: int = Field(default=3, ge=1)
+    # ... among at most this many most recent earlier sessions of the same user.
+    max_history: int = Field(default=1000, ge=1)
+    # Summaries are cut to this many characters before embedding or prompting.
+    max_summary_chars: int = Field(default=2000, ge=16)
     hf_model: str | None = None
+    max_new_tokens: int = Field(default=24, ge=4)
     openai_url: str | None = None
     openai_model: str = "judge"
     timeout_s: float = Field(default=30.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
+    backoff_s: float = Field(default=0.5, ge=0)
+    # The stage fails when more than this share of requests fail after all retries.
+    max_failure_rate: float = Field(default=0.2, ge=0, le=1)
     batch_size: int = Field(default=64, ge=1)
     num_actors: int = Field(default=2, ge=1)
 
 
 class ScorerSection(Section):
     dim: int = Field(default=128, ge=8)
-    epochs: int = Field(default=8, ge=1)
+    hidden: int = Field(default=256, ge=8)
+    epochs: int = Field(default=30, ge=1)
     lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    # Users per minibatch; their summaries are each other's cross-user negatives (eq. 3).
     batch_size: int = Field(default=32, ge=2)
+    # Summaries per user in a minibatch (sampled when a user has more).
+    max_items_per_user: int = Field(default=64, ge=2)
+    # Softmax temperature on the cosine; eq. 3 as printed is temperature 1.
     temperature: float = Field(default=0.1, gt=0)
     num_workers: int = Field(default=2, ge=1)
+    use_gpu: bool = False
     # GPU clusters: fine-tune the text encoder itself instead of heads on frozen embeddings.
     finetune_text_encoder: bool = False
+    use_profile: bool = True
+    # Share of the time span (the latest part) held out from scorer training; the gating
+    # thresholds are learned on it (revisits that happen after the split).
+    holdout_fraction: float = Field(default=0.25, gt=0, lt=1)
+    max_failures: int = Field(default=1, ge=0)
+    # distill-interests scoring actors and batch size.
+    num_actors: int = Field(default=2, ge=1)
+    score_batch_size: int = Field(default=256, ge=1)
 
 
 class GatingSection(Section):
@@ -119,6 +147,12 @@ class GatingSection(Section):
     objective: Literal["f1", "recall"] = "f1"
     target_recall: float = Field(default=0.8, gt=0, le=1)
     max_interests: int = Field(default=5, ge=1)
+    # Project per-bucket thresholds onto a non-decreasing sequence (paper: tau_b increases
+    # with activity) when the independent fits violate it; the raw fits are kept in metrics.
+    enforce_monotone: bool = True
+    # Rule-based baseline (App. C.1): frequency of near-duplicate summaries + recency.
+    rule_half_life_days: float = Field(default=7.0, gt=0)
+    rule_recency_weight: float = Field(default=0.5, ge=0)
 
 
 class TeacherSection(Section):
@@ -129,6 +163,18 @@ class TeacherSection(Section):
     min_questions: int = Field(default=5, ge=1)
     max_questions: int = Field(default=20, ge=1)
     num_actors: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    # LLM backends (hf, openai): sampling and the OpenAI-compatible endpoint's robustness.
+    temperature: float = Field(default=0.8, gt=0)
+    max_new_tokens: int = Field(default=512, ge=16)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0)
+    # Name of the env var holding the endpoint's API key (unset: no Authorization header).
+    api_key_env: str = "OPENAI_API_KEY"
+    # Sim backend: catalog subjects matched per trigger interest, related subjects added.
+    subjects_per_interest: int = Field(default=1, ge=1)
+    related_subjects: int = Field(default=2, ge=0)
 
 
 class LoraSection(Section):
@@ -155,6 +201,10 @@ class TrainSection(Section):
     lora: LoraSection | None = None
     save_steps: int = Field(default=20, ge=1)
     max_failures: int = Field(default=2, ge=0)
+    logging_steps: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    # Keep this many Ray Train checkpoints (None: all).
+    keep_checkpoints: int | None = Field(default=2, ge=1)
 
 
 class DPOSection(TrainSection):
@@ -164,8 +214,8 @@ class DPOSection(TrainSection):
 
 
 class RankerSection(Section):
-    hidden: int = Field(default=128, ge=8)
-    epochs: int = Field(default=10, ge=1)
+    hidden: int = Field(default=64, ge=8)
+    epochs: int = Field(default=30, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     batch_size: int = Field(default=256, ge=2)
     # R_util = (1 - depth_weight) * click head + depth_weight * depth head (eq. 7).

@@ -84,3 +84,27 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def fit_on_ray(loop, loop_config: dict, *, num_workers: int, run_name: str, storage_path: str,
+               max_failures: int = 0, use_gpu: bool = False, cpus_per_worker: int = 1):
+    """Run ``loop(config)`` on ``num_workers`` Ray Train workers (TorchTrainer: DDP over
+    gloo on CPU, NCCL on GPU) and return the ``ray.train.Result``.
+
+    Rerunning with the same ``run_name`` and ``storage_path`` resumes: the loop reads
+    ``ray.train.get_checkpoint()``. ``storage_path`` may be a local dir or a URI.
+    """
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker}),
+        run_config=RunConfig(name=run_name, storage_path=storage_path,
+                             failure_config=FailureConfig(max_failures=max_failures)),
+    )
+    return trainer.fit()

@@ -1,0 +1,312 @@
+"""The interaction-utility ranker R_util(u, s) (paper eq. 7), trained on logged impressions.
+
+    R_util(u, s) = Proj([E_user(H_u, u); E_text(s)]) in (0, 1)
+
+E_user is the mean sentence embedding of the user's most recent session summaries
+(before the impression) next to an embedding of their profile; E_text embeds the starter.
+Both encoders are frozen MiniLM here; the projection is a small MLP with two heads:
+- click (short-term): P(click | shown), trained with a learned per-position bias added
+  to the logit during training only, so position effects of the logging policy do not
+  leak into the score (position debiasing);
+- depth (long-term): the normalized depth of the conversation that followed,
+  min(depth, depth_cap) / depth_cap, 0 when not clicked.
+R_util = (1 - depth_weight) * p_click + depth_weight * depth_hat.
+
+Two independently trained instances are fitted on disjoint slices of the logs (by
+request id): ``util`` guides list search and DPO; ``eval`` is the held-out LTR model f of
+the offline metrics, so we never grade with the model we optimized against.
+
+    feats = UserFeaturizer(sessions, users, encoder)
+    ranker = fit_ranker(examples, cfg.ranker)            # pure torch, or on Ray Train:
+    ranker = train_ranker_on_ray(examples, cfg.ranker, run_name, storage)
+    texts = ["Which One Piece arc next?", "Translate this?"]
+    ranker.score(feats.pair_features(["u0000001"] * 2, encoder(texts)))   # R_util per starter
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+DEPTH_CAP = 10
+MAX_POSITIONS = 32
+
+
+class UtilityRanker(nn.Module):
+    """Proj([E_user; E_text]) with click and depth heads (eq. 7), over pair features
+    (see :meth:`UserFeaturizer.pair_features`)."""
+
+    def __init__(self, dim: int, hidden: int = 64, depth_weight: float = 0.3):
+        super().__init__()
+        self.dim, self.hidden, self.depth_weight = dim, hidden, depth_weight
+        self.proj = nn.Sequential(
+            nn.Linear(pair_feature_size(dim), hidden), nn.GELU(), nn.Dropout(0.2),
+            nn.Linear(hidden, hidden), nn.GELU(),
+        )
+        self.click_head = nn.Linear(hidden, 1)
+        self.depth_head = nn.Linear(hidden, 1)
+        self.position_bias = nn.Embedding(MAX_POSITIONS, 1)
+        nn.init.zeros_(self.position_bias.weight)
+
+    def forward(self, x: torch.Tensor, position: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.proj(x)
+        click = self.click_head(h).squeeze(-1)
+        if position is not None:
+            click = click + self.position_bias(position.clamp(max=MAX_POSITIONS - 1)).squeeze(-1)
+        return click, self.depth_head(h).squeeze(-1)
+
+    @torch.no_grad()
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """R_util in (0, 1) for rows of pair features."""
+        self.eval()
+        click, depth = self(torch.as_tensor(x, dtype=torch.float32))
+        w = self.depth_weight
+        return ((1 - w) * torch.sigmoid(click) + w * torch.sigmoid(depth)).numpy()
+
+    @torch.no_grad()
+    def click_probability(self, x: np.ndarray) -> np.ndarray:
+        self.eval()
+        click, _ = self(torch.as_tensor(x, dtype=torch.float32))
+        return torch.sigmoid(click).numpy()
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), d / "ranker.pt")
+        (d / "ranker.json").write_text(json.dumps(
+            {"dim": self.dim, "hidden": self.hidden, "depth_weight": self.depth_weight}))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> UtilityRanker:
+        d = Path(directory)
+        model = cls(**json.loads((d / "ranker.json").read_text()))
+        model.load_state_dict(torch.load(d / "ranker.pt", weights_only=True))
+        model.eval()
+        return model
+
+
+def pair_feature_size(dim: int) -> int:
+    return 3 * dim + 3
+
+
+# ----------------------------------------------------------------------------- features
+
+
+class UserFeaturizer:
+    """E_user(H_u, u): mean embedding of the last ``window`` summaries before a time, next
+    to the profile embedding. Users with no history get zeros for that half."""
+
+    def __init__(self, sessions: pa.Table, users: pa.Table | None, encoder, window: int = 20):
+        self.encoder, self.window = encoder, window
+        order = np.lexsort((sessions.column("ts").cast(pa.int64()).to_numpy(),
+                            np.asarray(sessions.column("user_id").to_pylist())))
+        uids = np.asarray(sessions.column("user_id").to_pylist())[order]
+        self.ts = sessions.column("ts").cast(pa.int64()).to_numpy()[order]
+        summaries = [sessions.column("summary")[int(i)].as_py() for i in order]
+        emb = encoder(summaries) if summaries else np.zeros((0, 384), np.float32)
+        self.dim = emb.shape[1] if len(emb) else int(encoder.dim)
+        self.emb = emb
+        self.cum = np.vstack([np.zeros((1, self.dim), np.float32), np.cumsum(emb, axis=0)])
+        self.span: dict[str, tuple[int, int]] = {}
+        if len(uids):
+            starts = np.flatnonzero(np.r_[True, uids[1:] != uids[:-1]])
+            ends = np.r_[starts[1:], len(uids)]
+            self.span = {str(uids[s]): (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
+        self.profile: dict[str, np.ndarray] = {}
+        if users is not None and "profile" in users.column_names:
+            ids = users.column("user_id").to_pylist()
+            profiles = [p or "" for p in users.column("profile").to_pylist()]
+            vecs = encoder(profiles) if ids else []
+            self.profile = {u: v for u, v, p in zip(ids, vecs, profiles, strict=True) if p}
+
+    def _window(self, user_id: str, before_ms: int | None) -> tuple[int, int]:
+        s, e = self.span.get(user_id, (0, 0))
+        if before_ms is not None:
+            e = s + int(np.searchsorted(self.ts[s:e], before_ms, side="left"))
+        return max(s, e - self.window), e
+
+    def pair_features(self, user_ids: Sequence[str], text_emb: np.ndarray,
+                      before_ms: Sequence[int | None] | None = None) -> np.ndarray:
+        """Features of (user, starter) pairs, as of a time (ms since epoch) or now (None):
+        [hist * text, text, profile * text, max cos, top-3 mean cos, cos to the history
+        mean], where hist is E_user (mean of the last ``window`` summaries). The max cosine
+        to any recent summary carries a varied user's separate interests, which a single
+        mean embedding blurs."""
+        before = before_ms if before_ms is not None else [None] * len(user_ids)
+        zero = np.zeros(self.dim, np.float32)
+        rows = []
+        for u, b, z in zip(user_ids, before, text_emb, strict=True):
+            s, e = self._window(u, b)
+            if e > s:
+                hist = (self.cum[e] - self.cum[s]) / (e - s)
+                hist = hist / (np.linalg.norm(hist) + 1e-9)
+                cos = np.sort(self.emb[s:e] @ z)[::-1]
+                stats = [cos[0], cos[:3].mean(), float(hist @ z)]
+            else:
+                hist, stats = zero, [0.0, 0.0, 0.0]
+            prof = self.profile.get(u, zero)
+            rows.append(np.concatenate([hist * z, z, prof * z, np.asarray(stats, np.float32)]))
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, pair_feature_size(self.dim)), np.float32)
+
+
+@dataclass
+class RankerExamples:
+    """Aligned arrays for training/evaluating the ranker."""
+
+    x: np.ndarray  # pair features
+    position: np.ndarray
+    clicked: np.ndarray
+    depth: np.ndarray
+    starter: list[str]
+    request_id: list[str]
+
+    def __len__(self) -> int:
+        return len(self.clicked)
+
+    def subset(self, mask: np.ndarray) -> RankerExamples:
+        idx = np.flatnonzero(mask)
+        return RankerExamples(self.x[idx], self.position[idx], self.clicked[idx],
+                              self.depth[idx], [self.starter[i] for i in idx],
+                              [self.request_id[i] for i in idx])
+
+
+def build_examples(impressions: pa.Table, featurizer: UserFeaturizer, encoder) -> RankerExamples:
+    starters = impressions.column("starter").to_pylist()
+    return RankerExamples(
+        x=featurizer.pair_features(impressions.column("user_id").to_pylist(), encoder(starters),
+                                   impressions.column("ts").cast(pa.int64()).to_pylist()),
+        position=np.asarray(impressions.column("position").to_pylist(), np.int64),
+        clicked=np.asarray(impressions.column("clicked").to_pylist(), np.float32),
+        depth=np.asarray(impressions.column("depth").to_pylist(), np.float32),
+        starter=starters,
+        request_id=impressions.column("request_id").to_pylist(),
+    )
+
+
+def log_slice(request_ids: Sequence[str], slices: int = 2) -> np.ndarray:
+    """A stable slice index per impression, by request: disjoint slices of the logs."""
+    return np.array([int(hashlib.md5(r.encode()).hexdigest()[:8], 16) % slices for r in request_ids])
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _tensors(ex: RankerExamples) -> dict[str, torch.Tensor]:
+    return {
+        "x": torch.as_tensor(ex.x),
+        "position": torch.as_tensor(ex.position), "clicked": torch.as_tensor(ex.clicked),
+        "depth": torch.as_tensor(np.minimum(ex.depth, DEPTH_CAP) / DEPTH_CAP, dtype=torch.float32),
+    }
+
+
+def _dim(ex: RankerExamples) -> int:
+    return (ex.x.shape[1] - 3) // 3
+
+
+def ranker_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    click, depth = model(batch["x"], batch["position"])
+    bce = nn.functional.binary_cross_entropy_with_logits
+    return bce(click, batch["clicked"]) + bce(depth, batch["depth"])
+
+
+def fit_ranker(ex: RankerExamples, *, hidden: int = 64, depth_weight: float = 0.3,
+               epochs: int = 30, lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
+               model: UtilityRanker | None = None) -> tuple[UtilityRanker, list[float]]:
+    """Plain torch training (one process). Returns the model and the mean loss per epoch."""
+    torch.manual_seed(seed)
+    model = model or UtilityRanker(_dim(ex), hidden, depth_weight)
+    data = _tensors(ex)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(ex), generator=gen)
+        total = 0.0
+        for start in range(0, len(ex), batch_size):
+            idx = perm[start:start + batch_size]
+            loss = ranker_loss(model, {k: v[idx] for k, v in data.items()})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history.append(total / max(len(ex), 1))
+    model.eval()
+    return model, history
+
+
+def _ray_loop(config: dict) -> None:
+    """Ray Train worker: each rank trains on its shard; DDP averages gradients."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    ex: RankerExamples = config["examples"]
+    torch.manual_seed(config["seed"])
+    model = UtilityRanker(_dim(ex), config["hidden"], config["depth_weight"])
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(torch.load(Path(d) / "ranker.pt", weights_only=True))
+            start_epoch = json.loads((Path(d) / "state.json").read_text())["epoch"] + 1
+    model = ray.train.torch.prepare_model(model)
+    data = {k: v[rank::world] for k, v in _tensors(ex).items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(config["seed"] + rank)
+    n = len(data["clicked"])
+    for epoch in range(start_epoch, config["epochs"]):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total = 0.0
+        for s in range(0, n, config["batch_size"]):
+            idx = perm[s:s + config["batch_size"]]
+            loss = ranker_loss(model, {k: v[idx] for k, v in data.items()})
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        metrics = {"epoch": epoch, "loss": total / max(n, 1)}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as d:
+                inner = model.module if hasattr(model, "module") else model
+                torch.save(inner.state_dict(), Path(d) / "ranker.pt")
+                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+def train_ranker_on_ray(ex: RankerExamples, *, run_name: str, storage_path: str, num_workers: int = 2,
+                        hidden: int = 64, depth_weight: float = 0.3, epochs: int = 10,
+                        lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
+                        max_failures: int = 0) -> tuple[UtilityRanker, list[float]]:
+    """Train on Ray Train workers (checkpoint per epoch, resumable); returns the model and
+    the per-epoch loss reported by rank 0."""
+    from icebreaker_ray.raykit import fit_on_ray
+
+    result = fit_on_ray(
+        _ray_loop,
+        {"examples": ex, "hidden": hidden, "depth_weight": depth_weight, "epochs": epochs,
+         "lr": lr, "batch_size": batch_size, "seed": seed},
+        num_workers=num_workers, run_name=run_name, storage_path=storage_path,
+        max_failures=max_failures,
+    )
+    model = UtilityRanker(_dim(ex), hidden, depth_weight)
+    with result.checkpoint.as_directory() as d:
+        model.load_state_dict(torch.load(Path(d) / "ranker.pt", weights_only=True))
+    model.eval()
+    losses = [float(row["loss"]) for _, row in result.metrics_dataframe.iterrows()] \
+        if result.metrics_dataframe is not None else []
+    return model, losses
