@@ -119,7 +119,7 @@ class JudgeSection(Section):
 class ScorerSection(Section):
     dim: int = Field(default=128, ge=8)
     hidden: int = Field(default=256, ge=8)
-    epochs: int = Field(default=30, ge=1)
+    epochs: int = Field(default=10, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     # Users per minibatch; their summaries are each other's cross-user negatives (eq. 3).
@@ -239,6 +239,10 @@ class SearchSection(Section):
     div_tolerance: float = Field(default=0.05, ge=0)
     # Share of the candidate pool filled with teacher-distilled starters (App. C.3).
     teacher_mix_ratio: float = Field(default=0.25, ge=0, le=1)
+    # Users mined per round (a random sample of the non-held-out users); None: all.
+    max_users: int | None = Field(default=96, ge=1)
+    # Vanilla SFT+DPO baseline: at most this many (clicked list, unclicked list) pairs per user.
+    feedback_pairs_per_user: int = Field(default=4, ge=1)
     num_actors: int = Field(default=2, ge=1)
 
     @model_validator(mode="after")

@@ -1,0 +1,363 @@
+"""The RID stages: ``label-revisits``, ``train-scorer``, ``distill-interests`` (paper §2.2).
+
+    icebreaker label-revisits --out runs/demo     # OUT/label-revisits/revisit_pairs.parquet
+    icebreaker train-scorer --out runs/demo       # OUT/train-scorer/scorer/ (two-tower, eq. 2-3)
+    icebreaker distill-interests --out runs/demo  # OUT/distill-interests/interests.parquet (eq. 4)
+
+- label-revisits: embeds every summary (Ray Data, actor pool), prunes (earlier, later)
+  pairs to each later session's top-k most similar earlier sessions of the same user, and
+  judges them with the configured backend in a second Ray Data actor pool.
+- train-scorer: the latest ``scorer.holdout_fraction`` of the time span is held out; on
+  the rest, summaries matched by a later session are positives, the others within-user
+  negatives; the two towers train with Ray Train (TorchTrainer, checkpoints every epoch).
+- distill-interests: scores every summary of every user through Ray Data (actor pool,
+  batched embeddings + text tower; the cheap user tower runs on the driver), learns the
+  per-bucket thresholds tau_b on the held-out revisits, and writes ``interests`` with
+  scores and the selected trigger interests (at most ``gating.max_interests`` per user).
+
+The pure algorithms live in judge.py, scorer.py and gating.py; this file is Ray glue.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from icebreaker_ray.config import Config
+from icebreaker_ray.data import io
+from icebreaker_ray.raykit import init_ray, node_id
+from icebreaker_ray.rid import gating, judge, scorer
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS_FILE = "session_embeddings.npz"
+SCORER_DIR = "scorer"
+
+
+# ----------------------------------------------------------------------------- Ray Data actors
+
+
+class EmbedActor:
+    """Ray Data actor: MiniLM embeddings (and, given a scorer, the text tower E_text)."""
+
+    def __init__(self, embedder: str, max_chars: int, scorer_dir: str | None = None) -> None:
+        from icebreaker_ray.models import TextEncoder, set_offline
+
+        set_offline()
+        self.encoder = TextEncoder(embedder)
+        self.max_chars = max_chars
+        self.model = scorer.load_scorer(scorer_dir) if scorer_dir else None
+        self.node = node_id()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        texts = [judge.clean_summary(t, self.max_chars) for t in batch["summary"]]
+        emb = self.encoder(texts)
+        out = {"_row": batch["_row"], "emb": emb, "node": np.array([self.node] * len(texts))}
+        if self.model is not None:
+            out["z"] = scorer.encode_texts(self.model, emb)
+        return out
+
+
+class JudgeActor:
+    """Ray Data actor: one judge backend per actor, applied to batches of candidate pairs."""
+
+    def __init__(self, jcfg, cache: str | None) -> None:
+        from icebreaker_ray.models import set_offline
+
+        set_offline()
+        self.judge = judge.make_judge(jcfg, cache)
+        self.node = node_id()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        v = self.judge(batch["earlier_summary"].tolist(), batch["later_summary"].tolist(),
+                       batch["similarity"].to_numpy())
+        return batch.assign(label=v.labels, parsed_ok=v.parsed_ok, failed=v.failed, node=self.node)
+
+
+def _blocks(n: int, batch_size: int, actors: int) -> int:
+    """Enough blocks that every actor of the pool gets work, not more than needed."""
+    return max(1, min(n, max(actors, -(-n // batch_size))))
+
+
+def _dataset(df: pd.DataFrame, blocks: int):
+    """``ray.data.from_pandas`` over ``blocks`` row slices (its own ``override_num_blocks``
+    split fails on pandas 3 with Ray 2.60: np.array_split returns arrays, not frames)."""
+    import ray
+
+    bounds = np.linspace(0, len(df), blocks + 1).astype(int)
+    return ray.data.from_pandas([df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
+
+
+def embed_rows(cfg: Config, summaries: list[str], scorer_dir: str | None = None,
+               batch_size: int = 256, num_actors: int | None = None) -> dict[str, Any]:
+    """Embed ``summaries`` (and encode them with the scorer's text tower) through Ray Data
+    with an actor pool. Returns {"emb", "z" (when scorer_dir), "node_ids"} in input order."""
+    import ray
+
+    init_ray(cfg)
+    n = len(summaries)
+    dim_z = None
+    if n == 0:
+        out = {"emb": np.zeros((0, 384), np.float32), "node_ids": []}
+        if scorer_dir:
+            dim_z = scorer.load_scorer(scorer_dir).config["dim"]
+            out["z"] = np.zeros((0, dim_z), np.float32)
+        return out
+    actors = num_actors or cfg.judge.num_actors
+    ds = _dataset(pd.DataFrame({"_row": np.arange(n), "summary": summaries}), _blocks(n, batch_size, actors))
+    ds = ds.map_batches(
+        EmbedActor, batch_size=batch_size, batch_format="numpy",
+        fn_constructor_kwargs={"embedder": cfg.models.embedder, "max_chars": cfg.judge.max_summary_chars,
+                               "scorer_dir": scorer_dir},
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
+    )
+    rows, embs, zs, nodes = [], [], [], set()
+    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+        rows.append(b["_row"])
+        embs.append(b["emb"])
+        if "z" in b:
+            zs.append(b["z"])
+        nodes.update(b["node"].tolist())
+    order = np.argsort(np.concatenate(rows))
+    out = {"emb": np.concatenate(embs)[order].astype(np.float32), "node_ids": sorted(nodes)}
+    if zs:
+        out["z"] = np.concatenate(zs)[order].astype(np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _stage(name: str):
+    from icebreaker_ray.pipeline import get_stage
+
+    return get_stage(name)
+
+
+def _read_inputs(out: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    users = io.read_table(io.table_uri(out, "simulate", "users"), "users").to_pandas()
+    sessions = io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions", allow_empty=True).to_pandas()
+    return users, sessions
+
+
+def _days(ts: pd.Series) -> np.ndarray:
+    """Timestamps as float days since the epoch."""
+    return (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy() / 86400.0
+
+
+def split_time(ts_days: np.ndarray, holdout_fraction: float) -> float:
+    """The time (days) from which sessions are held out: the latest share of the span."""
+    if len(ts_days) == 0:
+        return 0.0
+    lo, hi = float(ts_days.min()), float(ts_days.max())
+    return lo + (1.0 - holdout_fraction) * (hi - lo)
+
+
+def _save_npz(uri: str, **arrays) -> None:
+    buf = _io.BytesIO()
+    np.savez(buf, **arrays)
+    io._atomic_write_bytes(uri, buf.getvalue())
+
+
+def _load_npz(uri: str) -> dict[str, np.ndarray]:
+    fs, path = io.resolve(uri)
+    with fs.open_input_stream(path) as f:
+        data = np.load(_io.BytesIO(f.read()), allow_pickle=False)
+        return {k: data[k] for k in data.files}
+
+
+def _local_dir(uri: str) -> str:
+    if "://" in uri and not uri.startswith("file://"):
+        raise NotImplementedError(f"the scorer directory must be on a local/shared filesystem, got {uri}")
+    return io.resolve(uri)[1]
+
+
+# ----------------------------------------------------------------------------- label-revisits
+
+
+def judge_pairs(cfg: Config, pairs: pd.DataFrame) -> pd.DataFrame:
+    """Run the configured judge over candidate pairs with a Ray Data actor pool."""
+    import ray
+
+    if pairs.empty:
+        return pairs.assign(label=pd.Series(dtype=str), parsed_ok=pd.Series(dtype=bool),
+                            failed=pd.Series(dtype=bool), node=pd.Series(dtype=str))
+    init_ray(cfg)
+    blocks = _blocks(len(pairs), cfg.judge.batch_size, cfg.judge.num_actors)
+    ds = _dataset(pairs, blocks).map_batches(
+        JudgeActor, batch_size=cfg.judge.batch_size, batch_format="pandas",
+        fn_constructor_kwargs={"jcfg": cfg.judge, "cache": cfg.models.cache_dir},
+        compute=ray.data.ActorPoolStrategy(size=cfg.judge.num_actors), num_cpus=1,
+    )
+    return ds.to_pandas()
+
+
+def label_revisits(cfg: Config, out: str) -> dict[str, Any]:
+    users, sessions = _read_inputs(out)
+    summaries = [judge.clean_summary(s, cfg.judge.max_summary_chars) for s in sessions["summary"]]
+    sessions = sessions.assign(summary=summaries)
+    emb = embed_rows(cfg, summaries, batch_size=cfg.judge.batch_size * 4)
+    pairs = judge.candidate_pairs(sessions, emb["emb"], cfg.judge.candidates_per_session,
+                                  cfg.judge.max_history)
+    judged = judge_pairs(cfg, pairs)
+    n = len(judged)
+    failures = int(judged["failed"].sum()) if n else 0
+    if n and failures / n > cfg.judge.max_failure_rate:
+        raise RuntimeError(
+            f"label-revisits: {failures}/{n} judge requests failed after retries (more than "
+            f"judge.max_failure_rate={cfg.judge.max_failure_rate}); is {cfg.judge.openai_url} up?")
+    table = pa.table({
+        "user_id": judged["user_id"].astype(str).tolist() if n else [],
+        "earlier_session_id": judged["earlier_session_id"].astype(str).tolist() if n else [],
+        "later_session_id": judged["later_session_id"].astype(str).tolist() if n else [],
+        "label": judged["label"].tolist() if n else [],
+        "judge": [cfg.judge.backend] * n,
+    }, schema=pa.schema([(f, pa.string()) for f in
+                         ("user_id", "earlier_session_id", "later_session_id", "label", "judge")]))
+    writer = io.StageWriter(out, "label-revisits")
+    writer.write_table("revisit_pairs", table)
+    _save_npz(writer.path(EMBEDDINGS_FILE), session_id=sessions["session_id"].to_numpy().astype(str),
+              emb=emb["emb"])
+    writer.add_file(EMBEDDINGS_FILE)
+    parse_fail = int((~judged["parsed_ok"].astype(bool)).sum()) if n else 0
+    metrics = {
+        "backend": cfg.judge.backend, "sessions": len(sessions), "pairs": n,
+        "pairs_per_session": n / max(len(sessions), 1),
+        "matches": int((judged["label"] == judge.MATCH).sum()) if n else 0,
+        "parse_failures": parse_fail, "parse_failure_rate": parse_fail / n if n else 0.0,
+        "request_failures": failures,
+    }
+    nodes = set(emb["node_ids"]) | (set(judged["node"].tolist()) if n else set())
+    return writer.commit(fingerprint=_stage("label-revisits").fingerprint(cfg), metrics=metrics,
+                         node_ids=[x for x in nodes if x] + [node_id()])
+
+
+# ----------------------------------------------------------------------------- train-scorer
+
+
+def revisit_positive_ids(pairs: pd.DataFrame, later_before: set[str] | None = None) -> set[str]:
+    """Earlier sessions some later session revisits (MATCH), optionally only counting later
+    sessions in ``later_before``."""
+    m = pairs[pairs["label"] == judge.MATCH]
+    if later_before is not None:
+        m = m[m["later_session_id"].isin(later_before)]
+    return set(m["earlier_session_id"])
+
+
+def _profile_embeddings(cfg: Config, users: pd.DataFrame) -> dict[str, np.ndarray]:
+    from icebreaker_ray.models import TextEncoder
+
+    prof = users[users["profile"].notna() & (users["profile"].astype(str).str.strip() != "")]
+    if prof.empty or not cfg.scorer.use_profile:
+        return {}
+    vecs = TextEncoder(cfg.models.embedder)(
+        [judge.clean_summary(p, cfg.judge.max_summary_chars) for p in prof["profile"]])
+    return dict(zip(prof["user_id"], vecs, strict=True))
+
+
+def training_examples(cfg: Config, users, sessions, emb, pairs, profiles):
+    """Pre-split sessions of every user, labelled by pre-split revisits (see module doc)."""
+    days = _days(sessions["ts"])
+    t_split = split_time(days, cfg.scorer.holdout_fraction)
+    pre = days < t_split
+    pre_ids = set(sessions.loc[pre, "session_id"])
+    positives = revisit_positive_ids(pairs, later_before=pre_ids)
+    m = pairs[(pairs["label"] == judge.MATCH) & pairs["later_session_id"].isin(pre_ids)]
+    data = scorer.build_user_examples(users["user_id"].tolist(), sessions.loc[pre, "user_id"].to_numpy(),
+                                      sessions.loc[pre, "session_id"].to_numpy(), emb[pre], positives,
+                                      profiles, revisit_ids=set(m["later_session_id"]))
+    return data, t_split
+
+
+def train_scorer(cfg: Config, out: str) -> dict[str, Any]:
+    import ray
+
+    users, sessions = _read_inputs(out)
+    pairs = io.read_table(io.table_uri(out, "label-revisits", "revisit_pairs"), "revisit_pairs",
+                          allow_empty=True).to_pandas()
+    cached = _load_npz(io.join(out, "label-revisits", EMBEDDINGS_FILE))
+    pos = dict(zip(cached["session_id"], range(len(cached["session_id"])), strict=True))
+    emb = cached["emb"][[pos[s] for s in sessions["session_id"]]] if len(sessions) else cached["emb"]
+    profiles = _profile_embeddings(cfg, users)
+    data, t_split = training_examples(cfg, users, sessions, emb, pairs, profiles)
+    if len(data) == 0:
+        raise RuntimeError("train-scorer: no user has a session before the holdout split; nothing to train on")
+    if cfg.scorer.finetune_text_encoder:
+        # Not built yet (issue 4 follow-up): the heads train on frozen embeddings instead.
+        log.warning("scorer.finetune_text_encoder is not implemented yet; training heads on frozen "
+                    "%s embeddings", cfg.models.embedder)
+    init_ray(cfg)
+    untrained = scorer.new_model(data, cfg.scorer, cfg.run.seed)
+    loss_before = scorer.evaluate_loss(untrained, data, cfg.scorer)
+    writer = io.StageWriter(out, "train-scorer")
+    model, history, result = scorer.train_scorer_on_ray(
+        data, cfg.scorer, io.join(out, "_ray_train"), run_name=f"train-scorer-{_stage('train-scorer').fingerprint(cfg)}",
+        seed=cfg.run.seed)
+    loss_after = scorer.evaluate_loss(model, data, cfg.scorer)
+    scorer.save_scorer(model, _local_dir(writer.path(SCORER_DIR)),
+                       {"t_split_days": t_split, "embedder": cfg.models.embedder})
+    writer.add_file(SCORER_DIR)
+    metrics = {
+        "users": len(data), "summaries": int(sum(len(e) for e in data.item_emb)),
+        "positives": int(sum((lab > 0.5).sum() for lab in data.labels)), "t_split_days": t_split,
+        "loss_untrained": loss_before, "loss_trained": loss_after, "epoch_losses": history,
+        "workers": cfg.scorer.num_workers, "checkpoint": str(result.checkpoint.path),
+        "text_encoder": "frozen",
+    }
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    return writer.commit(fingerprint=_stage("train-scorer").fingerprint(cfg), metrics=metrics,
+                         node_ids=nodes[: cfg.scorer.num_workers] + [node_id()])
+
+
+# ----------------------------------------------------------------------------- distill-interests
+
+
+def distill_interests(cfg: Config, out: str) -> dict[str, Any]:
+    users, sessions = _read_inputs(out)
+    pairs = io.read_table(io.table_uri(out, "label-revisits", "revisit_pairs"), "revisit_pairs",
+                          allow_empty=True).to_pandas()
+    scorer_dir = _local_dir(io.join(out, "train-scorer", SCORER_DIR))
+    model = scorer.load_scorer(scorer_dir)
+    t_split = float(json.loads(Path(scorer_dir, "scorer.json").read_text())["t_split_days"])
+    summaries = [judge.clean_summary(s, cfg.judge.max_summary_chars) for s in sessions["summary"]]
+    enc = embed_rows(cfg, summaries, scorer_dir=scorer_dir, batch_size=cfg.scorer.score_batch_size,
+                     num_actors=cfg.scorer.num_actors)
+    profiles = _profile_embeddings(cfg, users)
+    bucket_of = dict(zip(users["user_id"], users["activity_bucket"], strict=True))
+    uid = sessions["user_id"].to_numpy()
+    buckets = np.array([bucket_of.get(u, 0) for u in uid], int)
+    days = _days(sessions["ts"])
+
+    # tau_b on held-out data: pre-split histories scored, label = revisited after the split.
+    pre = days < t_split
+    post_ids = set(sessions.loc[~pre, "session_id"])
+    held_pos = revisit_positive_ids(pairs, later_before=post_ids)
+    held_scores = scorer.score_rows(model, uid[pre], enc["emb"][pre], enc["z"][pre], profiles)
+    held_labels = sessions.loc[pre, "session_id"].isin(held_pos).to_numpy()
+    tau = gating.fit_thresholds(held_scores, held_labels, buckets[pre], cfg.gating.num_buckets,
+                                cfg.gating.objective, cfg.gating.target_recall, cfg.gating.enforce_monotone)
+
+    scores = scorer.score_rows(model, uid, enc["emb"], enc["z"], profiles)
+    selected = gating.select_interests(scores, uid, buckets, tau.thresholds, cfg.gating.max_interests)
+    table = pa.table({"user_id": uid.astype(str), "session_id": sessions["session_id"].astype(str).to_numpy(),
+                      "summary": summaries, "score": scores.astype(np.float64), "selected": selected})
+    writer = io.StageWriter(out, "distill-interests")
+    writer.write_table("interests", table)
+    writer.write_json("thresholds.json", tau.to_json())
+    per_user = pd.Series(selected).groupby(uid).sum() if len(uid) else pd.Series(dtype=float)
+    metrics = {
+        "summaries": len(sessions), "users_with_sessions": int(per_user.size),
+        "users_without_sessions": int(len(set(users["user_id"]) - set(uid))),
+        "selected": int(selected.sum()), "interests_per_user": float(per_user.mean()) if per_user.size else 0.0,
+        "users_with_no_interest": int((per_user == 0).sum()), "thresholds": tau.thresholds,
+        "raw_thresholds_monotone": tau.raw_monotone, "held_out_positives": int(held_labels.sum()),
+    }
+    return writer.commit(fingerprint=_stage("distill-interests").fingerprint(cfg), metrics=metrics,
+                         node_ids=[x for x in enc["node_ids"] if x] + [node_id()])
