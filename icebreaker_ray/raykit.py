@@ -87,14 +87,15 @@ def shutdown() -> None:
 
 
 def fit_on_ray(loop, loop_config: dict, *, num_workers: int, run_name: str, storage_path: str,
-               max_failures: int = 0, use_gpu: bool = False, cpus_per_worker: int = 1):
+               max_failures: int = 0, use_gpu: bool = False, cpus_per_worker: int = 1,
+               keep_checkpoints: int | None = 2):
     """Run ``loop(config)`` on ``num_workers`` Ray Train workers (TorchTrainer: DDP over
     gloo on CPU, NCCL on GPU) and return the ``ray.train.Result``.
 
     Rerunning with the same ``run_name`` and ``storage_path`` resumes: the loop reads
     ``ray.train.get_checkpoint()``. ``storage_path`` may be a local dir or a URI.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if "://" not in storage_path:
@@ -105,6 +106,7 @@ def fit_on_ray(loop, loop_config: dict, *, num_workers: int, run_name: str, stor
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(name=run_name, storage_path=storage_path,
-                             failure_config=FailureConfig(max_failures=max_failures)),
+                             failure_config=FailureConfig(max_failures=max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
     )
     return trainer.fit()

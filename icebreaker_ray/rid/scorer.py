@@ -345,21 +345,13 @@ def train_scorer_on_ray(data: UserExamples, scfg, storage_path: str, run_name: s
     """Train with Ray Train (``scfg.num_workers`` TorchTrainer workers); rerunning with the
     same ``storage_path``/``run_name`` resumes from the last checkpoint. Returns the model
     loaded from the final checkpoint, rank 0's mean loss per epoch and the Result."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from icebreaker_ray.raykit import fit_on_ray
 
-    if "://" not in storage_path:
-        storage_path = os.path.abspath(storage_path)
-    trainer = TorchTrainer(
-        _ray_train_loop,
-        train_loop_config={"data": data, "scfg": scfg, "seed": seed},
-        scaling_config=ScalingConfig(num_workers=scfg.num_workers, use_gpu=scfg.use_gpu,
-                                     resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=run_name, storage_path=storage_path,
-                             failure_config=FailureConfig(max_failures=scfg.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    result = fit_on_ray(
+        _ray_train_loop, {"data": data, "scfg": scfg, "seed": seed},
+        num_workers=scfg.num_workers, run_name=run_name, storage_path=storage_path,
+        max_failures=scfg.max_failures, use_gpu=scfg.use_gpu,
     )
-    result = trainer.fit()
     model = ResonanceScorer(data.in_dim, scfg.dim, scfg.hidden, scfg.use_profile)
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", weights_only=False)
