@@ -153,12 +153,56 @@ def stages() -> None:
 
 @app.command()
 def generate(
-    model: Annotated[str, typer.Option(help="Generator: alias, HF directory or Hub id.")] = "smollm2-135m-instruct",
-    user: Annotated[str | None, typer.Option(help="A user id in the run's sessions.")] = None,
+    model: Annotated[str, typer.Option(help="Generator: alias, HF directory (e.g. RUN/sft/model) or Hub id.")] = "smollm2-135m-instruct",
+    user: Annotated[str | None, typer.Option(help="A user id in the run's logs.")] = None,
+    out: OutOpt = None,
+    summaries_file: Annotated[str | None, typer.Option(help="Interests/summaries, one per line (instead of --user).")] = None,
+    mode: Annotated[str, typer.Option(help="With --user: 'rid' = trigger interests (falls back to raw when the run has none), 'raw' = recent summaries (PE baseline).")] = "rid",
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     config: ConfigOpt = "local-cpu",
+    overrides: SetOpt = None,
 ) -> None:
     """Sample starters for one user with a generator and print the filtered list."""
-    _fail("command 'generate' is not built yet (tracked in issue #5)", EXIT_NOT_BUILT)
+
+    def body() -> None:
+        from pathlib import Path
+
+        from icebreaker_ray.data import io
+        from icebreaker_ray.isg.generate import GenerationParams
+        from icebreaker_ray.isg.generate import generate as generate_starters
+        from icebreaker_ray.isg.stage import user_interests
+        from icebreaker_ray.models import TextEncoder, load_generator
+
+        cfg = _load(config, overrides, None)
+        if (user is None) == (summaries_file is None):
+            raise typer.BadParameter("give exactly one of --user or --summaries-file")
+        if summaries_file is not None:
+            path = Path(summaries_file)
+            if not path.is_file():
+                raise DataError(f"{summaries_file}: no such file")
+            interests = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+            source = summaries_file
+        else:
+            run = out or default_out(cfg)
+            chosen = mode
+            if mode == "rid" and not io.is_complete(run, "distill-interests"):
+                chosen = "raw"
+            by_user = user_interests(run, chosen, cfg.generation.max_summaries)
+            if user not in by_user:
+                raise DataError(f"user {user!r} has no {'trigger interests' if chosen == 'rid' else 'sessions'} in {run}")
+            interests, source = by_user[user], f"{run} ({'trigger interests' if chosen == 'rid' else 'recent summaries'})"
+        if not interests:
+            raise DataError(f"no interests or summaries given ({source})")
+        gen_model, tok = load_generator(model, cfg.models.dtype, cfg.models.cache_dir)
+        params = GenerationParams.from_config(cfg)
+        [res] = generate_starters(gen_model, tok, [interests], TextEncoder(cfg.models.embedder), params, seed=seed)
+        console.print(f"[dim]{len(interests)} interests from {source}; {len(res.candidates)} candidates, "
+                      f"{sum(c.complete for c in res.candidates)} passed the filter with K={params.k}; "
+                      f"list: {res.reason}[/]", highlight=False)
+        for starter in res.starters:
+            print(starter)
+
+    _guarded(body)
 
 
 @app.command()

@@ -68,7 +68,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train-ranker", "Utility ranker R_util with click and depth heads (eq. 7), Ray Train.",
           "icebreaker_ray.reward.stage:train_ranker", ("ranker", "models"), ("simulate",), issue=6),
     Stage("mine", "Candidate sampling + hybrid reward list search (Algorithm 1): preference pairs.",
-          "icebreaker_ray.search.stage:mine", ("search", "generation", "filter", "dpo", "eval"), ("sft", "train-ranker"), issue=6),
+          None, ("search", "generation", "filter", "dpo", "eval"), ("sft", "train-ranker"), issue=6),
     Stage("dpo", "List-wise DPO on mined pairs (PMA, eq. 6), Ray Train + DeepSpeed.",
           None, ("dpo",), ("mine",), issue=6),
     Stage("iterate", "Self-reinforced rounds: mine -> DPO over fresh time slices (App. C.2).",

@@ -1,0 +1,189 @@
+"""Starter generation with a causal LM: sample N candidate lists, parse, filter, keep K.
+
+    model, tok = load_generator("runs/demo/sft/model")
+    [res] = generate(model, tok, [["One Piece cosplay", "sourdough starter"]], embed,
+                     GenerationParams(k=4, num_candidates=8))
+    res.starters      # -> ['Which One Piece arc ...?', ...] (K starters, filtered)
+    res.reason        # -> 'ok' | 'merged' | 'too_few_valid'
+
+One function serves every caller: evaluation, mining (Algorithm 1 line 1 samples the
+candidate lists), serving and the training-free baselines of the paper:
+
+* **PE** — the base model prompted with the user's raw session summaries;
+* **PE+RID** — the base model prompted with the trigger interests ``I*`` (§2.2);
+* **SFT / DPO** — the tuned model prompted with ``I*``.
+
+The three differ only in the model and in which texts are passed as ``interests``.
+Model output is never trusted: every candidate goes through
+:func:`~icebreaker_ray.isg.parse.parse_starters` and the rule filter, and nothing here
+raises on garbage output.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from icebreaker_ray.isg.filters import EmbedFn, FilterParams, SafetyFilter
+from icebreaker_ray.isg.parse import parse_starters
+from icebreaker_ray.isg.prompts import generator_messages
+
+if TYPE_CHECKING:
+    from icebreaker_ray.config import Config
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings of one call; :meth:`from_config` reads ``generation`` + ``filter``."""
+
+    k: int = 4
+    num_candidates: int = 8
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_new_tokens: int = 96
+    batch_size: int = 8
+    max_chars: int = 64
+    filter: FilterParams | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> GenerationParams:
+        g, f = cfg.generation, cfg.filter
+        return cls(
+            k=g.K, num_candidates=g.num_candidates, temperature=g.temperature, top_p=g.top_p,
+            max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, max_chars=f.max_chars,
+            filter=FilterParams(k=g.K, max_chars=f.max_chars, min_chars=f.min_chars,
+                                near_dup_threshold=f.near_dup_threshold,
+                                sensitive_threshold=f.sensitive_threshold),
+        )
+
+    def filter_params(self) -> FilterParams:
+        return self.filter or FilterParams(k=self.k, max_chars=self.max_chars)
+
+
+@dataclass
+class Candidate:
+    """One sampled list: raw text, parse status and what survived the filter."""
+
+    text: str
+    status: str
+    kept: list[str]
+    complete: bool  # parsed, and K starters passed the filter
+
+
+@dataclass
+class GenerationResult:
+    """The filtered list for one user, plus every candidate behind it.
+
+    ``reason``: ``"ok"`` (a candidate list passed with K starters), ``"merged"`` (no
+    single candidate did; K starters were pooled from several, through the same filter)
+    or ``"too_few_valid"`` (fewer than K valid starters in all candidates).
+    """
+
+    starters: list[str]
+    reason: str
+    candidates: list[Candidate] = field(default_factory=list)
+    rejections: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def pass_rate(self) -> float:
+        """Share of candidate lists that parsed and passed the filter with K starters."""
+        return sum(c.complete for c in self.candidates) / max(len(self.candidates), 1)
+
+
+def sample_chat(
+    model: Any,
+    tok: Any,
+    conversations: Sequence[list[dict[str, str]]],
+    *,
+    num_return: int = 1,
+    temperature: float = 0.9,
+    top_p: float = 0.95,
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+    seed: int | None = None,
+) -> list[list[str]]:
+    """Sample ``num_return`` completions per chat, ``batch_size`` sequences per forward.
+
+    Prompts are rendered with the tokenizer's chat template and left-padded, so one
+    ``model.generate`` call serves a whole batch. Returns the decoded completions,
+    one list per conversation.
+    """
+    import torch
+
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    prompts = [
+        tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        for conv in conversations
+    ]
+    # Each prompt repeated num_return times, then cut into batches of sequences.
+    flat = [(i, p) for i, p in enumerate(prompts) for _ in range(num_return)]
+    out: list[list[str]] = [[] for _ in prompts]
+    if seed is not None:
+        torch.manual_seed(seed)
+    for start in range(0, len(flat), max(1, batch_size)):
+        chunk = flat[start : start + batch_size]
+        enc = tok([p for _, p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            ids = model.generate(
+                **enc, do_sample=True, temperature=temperature, top_p=top_p,
+                max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+            )
+        texts = tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for (i, _), text in zip(chunk, texts, strict=True):
+            out[i].append(text)
+    return out
+
+
+def select_list(texts: Sequence[str], safety: SafetyFilter, k: int) -> GenerationResult:
+    """Parse and filter each candidate; return the first complete one, else a pooled list."""
+    candidates, rejections = [], Counter()
+    for text in texts:
+        parsed = parse_starters(text)
+        res = safety.filter(parsed.starters)
+        rejections.update(res.counts)
+        complete = parsed.status != "empty" and res.complete
+        candidates.append(Candidate(text, parsed.status, res.kept, complete))
+    for c in candidates:
+        if c.complete:
+            return GenerationResult(c.kept, "ok", candidates, rejections)
+    pooled = safety.filter([s for c in candidates for s in c.kept]).kept
+    reason = "merged" if len(pooled) >= k else "too_few_valid"
+    return GenerationResult(pooled[:k], reason, candidates, rejections)
+
+
+def generate(
+    model: Any,
+    tok: Any,
+    interests: Sequence[Sequence[str]],
+    embed: EmbedFn,
+    params: GenerationParams | None = None,
+    *,
+    seed: int | None = None,
+    safety: SafetyFilter | None = None,
+) -> list[GenerationResult]:
+    """K filtered starters per user from ``num_candidates`` sampled lists (batched).
+
+    ``interests[i]`` is the prompt input of user ``i``: trigger interests for PE+RID,
+    SFT and DPO, raw session summaries for the PE baseline. Never raises on model
+    output; a user whose candidates hold fewer than K valid starters gets what there
+    is, with ``reason="too_few_valid"``.
+    """
+    params = params or GenerationParams()
+    safety = safety or SafetyFilter(embed, params.filter_params())
+    convs = [generator_messages(list(x), k=params.k, max_chars=params.max_chars) for x in interests]
+    samples = sample_chat(
+        model, tok, convs, num_return=params.num_candidates, temperature=params.temperature,
+        top_p=params.top_p, max_new_tokens=params.max_new_tokens,
+        batch_size=params.batch_size, seed=seed,
+    )
+    return [select_list(texts, safety, params.k) for texts in samples]
+
+
+def format_pass_rate(results: Sequence[GenerationResult]) -> float:
+    """Share of all sampled lists that parse and pass the filter with K starters."""
+    cands = [c for r in results for c in r.candidates]
+    return sum(c.complete for c in cands) / max(len(cands), 1)

@@ -1,0 +1,327 @@
+"""Supervised Interest-Expanded Instruction Tuning (SIT, §2.3.1, eq. 5) on Ray Train.
+
+    examples = sit_examples(corpus_rows, k=4)      # conversational prompt / completion
+    result = train_sft(examples, "smollm2-135m-instruct", cfg.sft, storage_path, "demo-sft")
+    export_model(result.checkpoint, "runs/demo/sft/model")   # HF directory, LoRA merged
+
+eq. 5, L_SIT = -E_(I*, S)~D_cov [log pi_theta(S | I*)]: the prompt is the generator's
+own chat prompt over the trigger interests I* and the completion is the teacher's list
+S rendered as ``<sug> s1 && … </sug>``. TRL's ``SFTTrainer`` computes the loss on the
+completion tokens only (prompt-completion format, ``completion_only_loss=True``).
+
+Ray glue: each Ray Train worker runs :func:`sft_train_loop` — TRL ``SFTTrainer`` wrapped
+with ``prepare_trainer`` plus ``RayTrainReportCallback``, so every HF checkpoint
+(model, optimizer, scheduler, DeepSpeed shards, trainer state) becomes a Ray Train
+checkpoint. Rerunning with the same ``RunConfig(name, storage_path)`` hands the latest
+one back through ``ray.train.get_checkpoint()`` and training resumes from its step;
+``FailureConfig(max_failures)`` restarts a crashed worker group the same way.
+DeepSpeed comes from ``zero_stage`` (0 = off; ZeRO-2 runs on CPU with gloo; ZeRO-3 +
+bf16 for the gpu-cluster preset), LoRA from ``lora`` (peft).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from icebreaker_ray.isg.prompts import generator_messages, render_completion
+
+if TYPE_CHECKING:
+    from icebreaker_ray.config import TrainSection
+
+log = logging.getLogger(__name__)
+
+#: Files of an HF checkpoint that make up the model (the rest is optimizer/trainer state).
+_STATE_PREFIXES = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args",
+                   "global_step", "latest", "zero_to_", "scaler")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def sit_examples(rows: Iterable[dict[str, Any]], k: int, max_chars: int = 64) -> list[dict[str, Any]]:
+    """D_cov rows (``interests``, ``starters``) -> SFTTrainer prompt/completion examples.
+
+    The teacher writes 5-20 starters per interest set; the generator is asked for K,
+    so each teacher list is cut into consecutive chunks of K, each one example (a
+    shorter tail chunk is dropped: the generator must learn to write exactly K).
+
+    >>> ex = sit_examples([{"interests": ["ramen"], "starters": ["A?", "B?", "C?"]}], k=2)
+    >>> len(ex), ex[0]["completion"][0]["content"]
+    (1, '<sug> A? && B? </sug>')
+    """
+    out = []
+    for row in rows:
+        interests = list(row["interests"])
+        starters = list(row["starters"])
+        for i in range(0, len(starters) - k + 1, k):
+            out.append({
+                "prompt": generator_messages(interests, k=k, max_chars=max_chars),
+                "completion": [{"role": "assistant", "content": render_completion(starters[i : i + k])}],
+            })
+    return out
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def deepspeed_config(zero_stage: int) -> dict[str, Any] | None:
+    """The DeepSpeed config for ``zero_stage`` (None when 0: plain DDP / one process).
+
+    "auto" values are filled in by the HF integration from ``SFTConfig``, so batch size,
+    accumulation, clipping and bf16 are set in one place only.
+    """
+    if zero_stage == 0:
+        return None
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if zero_stage == 3:
+        # Write a full model at save time, so every checkpoint is a loadable HF model.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "zero_optimization": zero,
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        # HF's AdamW is used as DeepSpeed's client optimizer (there is no CPU build of
+        # DeepSpeed's fused Adam here).
+        "zero_allow_untested_optimizer": True,
+    }
+
+
+def loop_config(train: TrainSection, model_path: str, examples: list[dict[str, Any]],
+                seed: int = 0) -> dict[str, Any]:
+    """Everything a Ray Train worker needs, as plain data (pickled to the workers)."""
+    return {
+        "model_path": model_path,
+        "examples": examples,
+        "train": train.model_dump(mode="json"),
+        "seed": seed,
+    }
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _sft_config(train: dict[str, Any], output_dir: str, seed: int) -> Any:
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=output_dir,
+        max_steps=train["max_steps"],
+        per_device_train_batch_size=train["per_device_batch_size"],
+        gradient_accumulation_steps=train["gradient_accumulation_steps"],
+        learning_rate=train["learning_rate"],
+        warmup_steps=train.get("warmup_ratio", 0.0),  # a float < 1 is a ratio in transformers 5
+        max_length=train["max_length"],
+        bf16=train["bf16"],
+        use_cpu=not train["use_gpu"],
+        deepspeed=deepspeed_config(train["zero_stage"]),
+        completion_only_loss=True,
+        logging_steps=train.get("logging_steps", 1),
+        save_strategy="steps",
+        save_steps=train["save_steps"],
+        save_total_limit=1,  # Ray Train keeps the history; the worker's disk only the latest
+        report_to="none",
+        disable_tqdm=True,
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+
+
+def _lora_config(lora: dict[str, Any] | None) -> Any:
+    if not lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM")
+
+
+def _resume_dir(tmp: str) -> str | None:
+    """The HF checkpoint inside Ray Train's latest checkpoint, copied locally, or None."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    local = os.path.join(tmp, "resume")
+    with ckpt.as_directory() as d:
+        src = os.path.join(d, "checkpoint")
+        shutil.copytree(src if os.path.isdir(src) else d, local)
+    return local
+
+
+def step_timer(warmup: int = 2) -> Any:
+    """A TrainerCallback that records the median wall time per optimizer step (after
+    ``warmup`` steps) as ``step_time_s`` in the log history at each checkpoint, so it
+    reaches Ray Train's metrics and the checkpoint's trainer state. Used by the stage and
+    by bench/bench_sft.py."""
+    import statistics
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+            ends = self.ends[warmup:]
+            # DefaultFlowCallback ran first and decided whether this step saves: record
+            # now, so the entry is inside the checkpoint's trainer_state.json too.
+            if control.should_save and len(ends) >= 2:
+                gaps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+                state.log_history.append({"step_time_s": statistics.median(gaps), "step": state.global_step})
+
+    return StepTimer()
+
+
+def sft_train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: TRL SFTTrainer (+ DeepSpeed, + LoRA) reporting checkpoints."""
+    import torch
+    from datasets import Dataset
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTTrainer
+
+    from icebreaker_ray.models import load_tokenizer
+
+    train = config["train"]
+    torch.manual_seed(config["seed"])
+    if not train["use_gpu"]:
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    tok = load_tokenizer(config["model_path"])
+    tok.padding_side = "right"  # training pads on the right; generation on the left
+    model = AutoModelForCausalLM.from_pretrained(
+        config["model_path"], dtype=torch.bfloat16 if train["bf16"] else torch.float32)
+
+    with tempfile.TemporaryDirectory(prefix="sft-") as tmp:
+        resume = _resume_dir(tmp)
+
+        class _StartStep(TrainerCallback):
+            # Records where this attempt began (0, or the resumed checkpoint's step); it
+            # reaches the reported metrics through the log history.
+            def on_train_begin(self, args, state, control, **kwargs):
+                state.log_history.append({"start_step": state.global_step, "step": state.global_step})
+
+        trainer = SFTTrainer(
+            model=model,
+            args=_sft_config(train, os.path.join(tmp, "out"), config["seed"]),
+            train_dataset=Dataset.from_list(config["examples"]),
+            processing_class=tok,
+            peft_config=_lora_config(train.get("lora")),
+            callbacks=[_StartStep(), step_timer(), RayTrainReportCallback()],
+        )
+        trainer = prepare_trainer(trainer)
+        trainer.train(resume_from_checkpoint=resume)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def train_sft(
+    examples: list[dict[str, Any]],
+    model_path: str,
+    train: TrainSection,
+    storage_path: str,
+    name: str,
+    *,
+    seed: int = 0,
+) -> Any:
+    """Run SIT under Ray Train's TorchTrainer; returns the ``ray.train.Result``.
+
+    Rerun with the same ``storage_path``/``name`` to resume from the latest checkpoint.
+    ``model_path`` must be a local HF directory (see ``models.resolve_generator``).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not examples:
+        raise ValueError("the SIT corpus gave no training examples (empty corpus?)")
+    resources = {"CPU": train.cpus_per_worker}
+    if train.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        sft_train_loop,
+        train_loop_config=loop_config(train, model_path, examples, seed),
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
+            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(train.cpus_per_worker)}},
+        ),
+    )
+    return trainer.fit()
+
+
+def _is_state_file(name: str) -> bool:
+    return name.startswith(_STATE_PREFIXES)
+
+
+def export_model(checkpoint: Any, target: str | Path, base_model: str | None = None) -> str:
+    """Write the model of a Ray Train SFT/DPO checkpoint as a plain HF directory.
+
+    Optimizer, scheduler and DeepSpeed state are left out; a LoRA adapter is merged
+    into ``base_model`` so the result always loads with ``models.load_generator``.
+    """
+    target = Path(target)
+    tmp = target.parent / f".{target.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    with checkpoint.as_directory() as d:
+        src = Path(d) / "checkpoint"
+        src = src if src.is_dir() else Path(d)
+        if (src / "adapter_config.json").is_file():
+            _merge_lora(src, tmp, base_model)
+        else:
+            tmp.mkdir(parents=True)
+            for item in src.iterdir():
+                if item.is_file() and not _is_state_file(item.name):
+                    shutil.copy2(item, tmp / item.name)
+    if not (tmp / "config.json").is_file():
+        raise RuntimeError(f"checkpoint {checkpoint.path} holds no HF model (config.json missing)")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return str(target)
+
+
+def _merge_lora(src: Path, out: Path, base_model: str | None) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from icebreaker_ray.models import load_tokenizer
+
+    base_path = base_model or json.loads((src / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(src)).merge_and_unload()
+    merged.save_pretrained(out)
+    load_tokenizer(str(src) if (src / "tokenizer_config.json").is_file() else base_path).save_pretrained(out)
+
+
+def training_log(result: Any) -> list[dict[str, Any]]:
+    """The HF ``log_history`` of the final checkpoint (loss per logged step)."""
+    if result.checkpoint is None:
+        return []
+    with result.checkpoint.as_directory() as d:
+        for cand in (Path(d) / "checkpoint" / "trainer_state.json", Path(d) / "trainer_state.json"):
+            if cand.is_file():
+                return json.loads(cand.read_text()).get("log_history", [])
+    return []
+
+
+def losses(history: Sequence[dict[str, Any]]) -> list[float]:
+    return [float(h["loss"]) for h in history if "loss" in h]

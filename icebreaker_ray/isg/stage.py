@@ -1,0 +1,192 @@
+"""Stages ``distill-corpus`` and ``sft``: the SIT warm start of the generator (§2.3.1).
+
+    icebreaker distill-corpus --out runs/demo     # interests -> sit_corpus (teacher, Table 4)
+    icebreaker sft --out runs/demo                # sit_corpus -> runs/demo/sft/model
+
+``distill-corpus`` reads the trigger interests (``selected`` rows of
+``distill-interests/interests.parquet``), sends each user's set to the configured
+teacher in a Ray Data ``map_batches`` over an actor pool (one teacher + embedder per
+actor), and writes ``sit_corpus`` (user_id, interests, starters, teacher).
+
+``sft`` turns the corpus into prompt/completion examples (eq. 5), trains with TRL's
+SFTTrainer inside Ray Train (DeepSpeed, optional LoRA; see :mod:`icebreaker_ray.isg.sft`)
+and exports a plain Hugging Face model to ``sft/model``. Ray Train's run lives in
+``sft/ray-train/<run.name>-sft``: a killed stage rerun with the same run name resumes
+from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from icebreaker_ray.config import Config
+from icebreaker_ray.data import io
+from icebreaker_ray.raykit import init_ray, node_id
+
+SIT_TABLE = "sit_corpus"
+MODEL_DIR = "model"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def trigger_interests(out: str) -> dict[str, list[str]]:
+    """Each user's trigger interests I* (selected summaries, in session order)."""
+    table = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests")
+    df = table.to_pandas()
+    df = df[df["selected"]].sort_values(["user_id", "session_id"])
+    return {uid: list(g["summary"]) for uid, g in df.groupby("user_id", sort=True)}
+
+
+def raw_summaries(out: str, max_items: int) -> dict[str, list[str]]:
+    """Each user's ``max_items`` most recent raw session summaries (the PE baseline's input)."""
+    table = io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions")
+    df = table.to_pandas().sort_values(["user_id", "ts", "session_id"])
+    return {uid: list(g["summary"])[-max_items:] for uid, g in df.groupby("user_id", sort=True)}
+
+
+def user_interests(out: str, mode: str = "rid", max_items: int = 5) -> dict[str, list[str]]:
+    """Prompt inputs per user: ``rid`` = trigger interests, ``raw`` = recent summaries (PE)."""
+    if mode == "rid":
+        return trigger_interests(out)
+    if mode == "raw":
+        return raw_summaries(out, max_items)
+    raise ValueError(f"mode must be 'rid' or 'raw', got {mode!r}")
+
+
+# ----------------------------------------------------------------------------- distill-corpus
+
+
+class TeacherActor:
+    """A Ray Data actor: one teacher (and its embedder) serving many batches."""
+
+    def __init__(self, cfg_data: dict[str, Any]) -> None:
+        from icebreaker_ray.isg.teacher import make_teacher
+        from icebreaker_ray.models import TextEncoder, set_offline
+
+        cfg = Config.model_validate(cfg_data)
+        set_offline(cfg.models.offline)
+        self.teacher = make_teacher(cfg, TextEncoder(cfg.models.embedder))
+        self.node = node_id()
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        interests = [list(x) for x in batch["interests"]]
+        starters = self.teacher.distill(interests)
+        return pd.DataFrame({
+            "user_id": list(batch["user_id"]),
+            "interests": interests,
+            "starters": starters,
+            "teacher": [self.teacher.name] * len(interests),
+            "node_id": [self.node] * len(interests),
+        })
+
+
+def distill_corpus(cfg: Config, out: str) -> dict[str, Any]:
+    """The coverage-oriented corpus D_cov: the teacher's filtered starters per interest set."""
+    import ray
+
+    by_user = trigger_interests(out)
+    items = [{"user_id": u, "interests": xs} for u, xs in by_user.items() if xs]
+    if not items:
+        raise RuntimeError(f"{out}: no user has selected trigger interests; nothing to distil")
+    init_ray(cfg)
+    t = cfg.teacher
+    ds = ray.data.from_items(items).map_batches(
+        TeacherActor,
+        fn_constructor_kwargs={"cfg_data": cfg.model_dump(mode="json")},
+        compute=ray.data.ActorPoolStrategy(size=min(t.num_actors, len(items))),
+        batch_size=t.batch_size,
+        batch_format="pandas",
+        num_cpus=1,
+    )
+    df = ds.to_pandas()
+    k = cfg.generation.K
+    keep = df["starters"].map(len) >= k  # fewer than K starters cannot make one SFT example
+    table = pa.table({
+        "user_id": list(df.loc[keep, "user_id"]),
+        "interests": [list(x) for x in df.loc[keep, "interests"]],
+        "starters": [list(x) for x in df.loc[keep, "starters"]],
+        "teacher": list(df.loc[keep, "teacher"]),
+    }).sort_by("user_id")
+    writer = io.StageWriter(out, "distill-corpus")
+    writer.write_table(SIT_TABLE, table)
+    counts = df["starters"].map(len)
+    from icebreaker_ray.pipeline import get_stage
+
+    return writer.commit(
+        fingerprint=get_stage("distill-corpus").fingerprint(cfg),
+        metrics={
+            "users": len(items),
+            "rows": table.num_rows,
+            "dropped_fewer_than_k": int((~keep).sum()),
+            "starters": int(counts[keep].sum()),
+            "mean_starters": float(counts[keep].mean()) if keep.any() else 0.0,
+            "teacher": str(df["teacher"].iloc[0]),
+        },
+        node_ids=[*df["node_id"].unique().tolist(), node_id()],
+    )
+
+
+# ----------------------------------------------------------------------------- sft
+
+
+def _local_path(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def sft(cfg: Config, out: str) -> dict[str, Any]:
+    """SIT (eq. 5) on ``sit_corpus``; the tuned generator goes to ``OUT/sft/model``."""
+    from icebreaker_ray.isg.sft import export_model, losses, sit_examples, train_sft, training_log
+    from icebreaker_ray.models import resolve_generator
+
+    corpus = io.read_table(io.table_uri(out, "distill-corpus", SIT_TABLE), SIT_TABLE).to_pylist()
+    examples = sit_examples(corpus, k=cfg.generation.K, max_chars=cfg.filter.max_chars)
+    random.Random(cfg.run.seed).shuffle(examples)
+    base = resolve_generator(cfg.models.generator, cfg.models.cache_dir)
+    init_ray(cfg)
+    writer = io.StageWriter(out, "sft")
+    storage = _local_path(writer.path("ray-train"))
+    result = train_sft(examples, base, cfg.sft, storage, f"{cfg.run.name}-sft", seed=cfg.run.seed)
+    if result.checkpoint is None:
+        raise RuntimeError("SFT finished without a checkpoint")
+    target = writer.path(MODEL_DIR)
+    if "://" in target:  # shared storage: export locally, then upload
+        with tempfile.TemporaryDirectory() as tmp:
+            local = export_model(result.checkpoint, os.path.join(tmp, MODEL_DIR), base)
+            fs, path = io.resolve(target)
+            import pyarrow.fs as pafs
+
+            pafs.copy_files(local, path, destination_filesystem=fs)
+    else:
+        export_model(result.checkpoint, target, base)
+    history = training_log(result)
+    loss = losses(history)
+    starts = [h["start_step"] for h in history if "start_step" in h]
+    step_times = [h["step_time_s"] for h in history if "step_time_s" in h]
+    writer.add_file(MODEL_DIR)
+    from icebreaker_ray.pipeline import get_stage
+
+    return writer.commit(
+        fingerprint=get_stage("sft").fingerprint(cfg),
+        metrics={
+            "examples": len(examples),
+            "steps": int(result.metrics.get("step", 0)),
+            "start_step": int(starts[-1]) if starts else 0,
+            "first_loss": loss[0] if loss else None,
+            "last_loss": loss[-1] if loss else None,
+            "step_time_s": step_times[-1] if step_times else None,
+            "base_model": base,
+            "zero_stage": cfg.sft.zero_stage,
+            "lora": cfg.sft.lora is not None,
+            "num_workers": cfg.sft.num_workers,
+            "checkpoint": result.checkpoint.path,
+        },
+        node_ids=[node_id()],
+    )
+

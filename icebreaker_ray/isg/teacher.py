@@ -1,0 +1,265 @@
+"""Teachers that distil the coverage-oriented corpus D_cov for SIT (§2.3.1, Table 4).
+
+    teacher = make_teacher(cfg)                      # cfg.teacher.backend: sim | hf | openai
+    teacher.distill([["One Piece cosplay", "sourdough starter"]])
+    # -> [['Which One Piece character is easy to cosplay?', ...]]   (5-20 filtered starters)
+
+Every backend answers in the Table 4 format ``<think> … </think><sug> q1 && … </sug>``
+(:meth:`Teacher.complete`); :meth:`Teacher.distill` then parses it and applies the same
+rule filter as everywhere else, so a backend only has to write text.
+
+* ``sim`` — stands in for a large teacher LLM on simulated data. It knows the world the
+  way an LLM knows the real one: through the public topic catalog (subject names,
+  aliases, facets, phrasing templates). Each trigger interest is mapped to its closest
+  catalog subjects by embedding similarity; starters are written from those subjects'
+  starter templates plus related subjects of the same category (Table 4 rules 4-5:
+  association and generalization). It never reads the hidden world state.
+* ``hf`` — a local transformers model prompted with Table 4, batched sampling.
+* ``openai`` — any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, Ray Serve
+  LLM, a hosted API) over httpx, with a timeout and retries with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from icebreaker_ray.isg.filters import EmbedFn, FilterParams, SafetyFilter
+from icebreaker_ray.isg.parse import parse_starters
+from icebreaker_ray.isg.prompts import THINK_CLOSE, THINK_OPEN, render_completion, teacher_prompt
+
+if TYPE_CHECKING:
+    from icebreaker_ray.config import Config, TeacherSection
+
+log = logging.getLogger(__name__)
+
+
+class Teacher:
+    """One interface for every backend: ``complete`` writes text, ``distill`` cleans it."""
+
+    name = "teacher"
+
+    def __init__(self, embed: EmbedFn, filter_params: FilterParams, min_q: int = 5,
+                 max_q: int = 20) -> None:
+        self.embed = embed
+        self.min_q, self.max_q = min_q, max_q
+        self.safety = SafetyFilter(embed, filter_params)
+
+    def prompts(self, interests: Sequence[Sequence[str]]) -> list[str]:
+        return [teacher_prompt(list(x), self.safety.params.max_chars, self.min_q, self.max_q)
+                for x in interests]
+
+    def complete(self, interests: Sequence[Sequence[str]]) -> list[str]:
+        """Raw Table 4 answers, one per interest set ("" when the backend failed)."""
+        raise NotImplementedError
+
+    def distill(self, interests: Sequence[Sequence[str]]) -> list[list[str]]:
+        """Parsed and filtered starters (at most ``max_q``) for each interest set."""
+        return [self.safety.filter(parse_starters(t).starters).kept
+                for t in self.complete(interests)]
+
+
+# ----------------------------------------------------------------------------- sim
+
+
+def _subject_text(subject: Any) -> str:
+    return f"{subject.name} ({', '.join(subject.aliases)}): {', '.join(subject.facets)}; {subject.category.name}"
+
+
+def _seed_of(texts: Sequence[str], seed: int) -> int:
+    digest = hashlib.sha256(("\x1f".join(texts) + f"|{seed}").encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+class SimTeacher(Teacher):
+    """The simulated world's phrasing bank as a teacher (simulated data only)."""
+
+    name = "sim"
+
+    def __init__(self, embed: EmbedFn, filter_params: FilterParams, min_q: int = 5,
+                 max_q: int = 20, subjects_per_interest: int = 1, related_subjects: int = 2,
+                 seed: int = 0) -> None:
+        from icebreaker_ray.sim.catalog import load_catalog
+
+        super().__init__(embed, filter_params, min_q, max_q)
+        self.catalog = load_catalog()
+        # Interests are matched against every subject, so that a functional ("fix my
+        # grammar") or sensitive interest is recognized as such and left out, as a
+        # careful teacher would, instead of being forced onto the nearest hobby.
+        self.subjects = list(self.catalog.subjects)
+        self.subject_emb = np.asarray(embed([_subject_text(s) for s in self.subjects]), np.float32)
+        self.subjects_per_interest = subjects_per_interest
+        self.related_subjects = related_subjects
+        self.seed = seed
+
+    def match(self, interest: str) -> list[int]:
+        """Indices of the regular catalog subjects closest to one interest (cosine);
+        empty when the closest subject is functional or sensitive."""
+        v = np.asarray(self.embed([interest]), np.float32)[0]
+        order = np.argsort(-(self.subject_emb @ v), kind="stable")
+        if not self.subjects[int(order[0])].category.is_regular:
+            return []
+        regular = [int(i) for i in order if self.subjects[int(i)].category.is_regular]
+        return regular[: self.subjects_per_interest]
+
+    def complete(self, interests: Sequence[Sequence[str]]) -> list[str]:
+        from icebreaker_ray.sim.catalog import all_starters
+
+        out = []
+        for items in interests:
+            items = [x for x in items if isinstance(x, str) and x.strip()]
+            if not items:
+                out.append(f"{THINK_OPEN} no interests given {THINK_CLOSE}{render_completion([])}")
+                continue
+            rng = np.random.default_rng(_seed_of(items, self.seed))
+            n = int(rng.integers(self.min_q, self.max_q + 1))
+            direct = list(dict.fromkeys(i for x in items for i in self.match(x)))
+            related: list[int] = []
+            for i in direct:  # association: other subjects of the same category
+                same = [j for j, s in enumerate(self.subjects)
+                        if s.category_id == self.subjects[i].category_id and j not in direct]
+                # (same category as a regular subject, hence regular too)
+                pick = rng.permutation(len(same))[: self.related_subjects]
+                related.extend(same[int(p)] for p in pick)
+            # Direct subjects get two starters each, related ones one, round robin.
+            plan = [i for i in direct for _ in range(2)] + related
+            starters: list[str] = []
+            pools = {i: list(rng.permutation(all_starters(self.subjects[i]))) for i in set(plan)}
+            while len(starters) < n and any(pools[i] for i in plan):
+                for i in plan:
+                    if pools[i] and len(starters) < n:
+                        starters.append(str(pools[i].pop()))
+            if not direct:  # only functional/sensitive interests: nothing worth suggesting
+                out.append(f"{THINK_OPEN} no suitable interests {THINK_CLOSE}{render_completion([])}")
+                continue
+            names = ", ".join(self.subjects[i].name for i in direct)
+            out.append(f"{THINK_OPEN} The user cares about {names}; add related subjects. "
+                       f"{THINK_CLOSE}{render_completion(starters)}")
+        return out
+
+
+# ----------------------------------------------------------------------------- hf
+
+
+class HFTeacher(Teacher):
+    """A local transformers model prompted with Table 4 (batched sampling)."""
+
+    def __init__(self, embed: EmbedFn, filter_params: FilterParams, model_name: str,
+                 min_q: int = 5, max_q: int = 20, temperature: float = 0.8,
+                 max_new_tokens: int = 512, batch_size: int = 8, dtype: str = "float32") -> None:
+        from icebreaker_ray.models import load_generator
+
+        super().__init__(embed, filter_params, min_q, max_q)
+        self.name = f"hf:{model_name}"
+        self.model, self.tok = load_generator(model_name, dtype=dtype)
+        self.temperature, self.max_new_tokens, self.batch_size = temperature, max_new_tokens, batch_size
+
+    def complete(self, interests: Sequence[Sequence[str]]) -> list[str]:
+        from icebreaker_ray.isg.generate import sample_chat
+
+        convs = [[{"role": "user", "content": p}] for p in self.prompts(interests)]
+        texts = sample_chat(self.model, self.tok, convs, temperature=self.temperature,
+                            max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        return [t[0] for t in texts]
+
+
+# ----------------------------------------------------------------------------- openai
+
+
+class OpenAITeacher(Teacher):
+    """An OpenAI-compatible chat endpoint, with timeout and retries with backoff.
+
+    Retries on connection errors, timeouts, 429 and 5xx; other 4xx are not retried.
+    After the last failure the answer is "" (an empty list after parsing) and the
+    failure is counted in :attr:`failures`, so one bad request does not sink a corpus.
+    """
+
+    RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+    def __init__(self, embed: EmbedFn, filter_params: FilterParams, url: str, model: str,
+                 min_q: int = 5, max_q: int = 20, temperature: float = 0.8,
+                 max_new_tokens: int = 512, timeout_s: float = 60.0, max_retries: int = 3,
+                 backoff_s: float = 1.0, api_key: str | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        super().__init__(embed, filter_params, min_q, max_q)
+        if not url:
+            raise ValueError("teacher.openai_url is required for the openai backend")
+        base = url.rstrip("/")
+        self.endpoint = base if base.endswith("/chat/completions") else (
+            f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions")
+        self.name = f"openai:{model}"
+        self.model = model
+        self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.sleep = sleep
+        self.failures = 0
+        self.retries = 0
+
+    def _request(self, client: Any, prompt: str) -> str:
+        import httpx
+
+        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                "temperature": self.temperature, "max_tokens": self.max_new_tokens}
+        for attempt in range(self.max_retries + 1):
+            try:
+                resp = client.post(self.endpoint, json=body, headers=self.headers)
+                if resp.status_code in self.RETRY_STATUS:
+                    raise httpx.HTTPStatusError(f"status {resp.status_code}", request=resp.request,
+                                                response=resp)
+                resp.raise_for_status()
+                content = resp.json()["choices"][0]["message"]["content"]
+                return content if isinstance(content, str) else ""
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code not in self.RETRY_STATUS:
+                    log.warning("teacher %s: %s, not retried", self.endpoint, exc)
+                    break
+                err: Exception = exc
+            except (httpx.TransportError, ValueError, KeyError, IndexError, TypeError) as exc:
+                err = exc
+            if attempt < self.max_retries:
+                self.retries += 1
+                self.sleep(self.backoff_s * 2**attempt)
+            else:
+                log.warning("teacher %s failed after %d attempts: %s", self.endpoint, attempt + 1, err)
+        self.failures += 1
+        return ""
+
+    def complete(self, interests: Sequence[Sequence[str]]) -> list[str]:
+        import httpx
+
+        with httpx.Client(timeout=self.timeout_s) as client:
+            return [self._request(client, p) for p in self.prompts(interests)]
+
+
+# ----------------------------------------------------------------------------- factory
+
+
+def make_teacher(cfg: Config, embed: EmbedFn) -> Teacher:
+    """The teacher of ``cfg.teacher.backend`` with the configured filter."""
+    t: TeacherSection = cfg.teacher
+    f = cfg.filter
+    params = FilterParams(k=t.max_questions, max_chars=f.max_chars, min_chars=f.min_chars,
+                          near_dup_threshold=f.near_dup_threshold,
+                          sensitive_threshold=f.sensitive_threshold)
+    common = dict(min_q=t.min_questions, max_q=t.max_questions)
+    if t.backend == "sim":
+        if cfg.data.source != "sim":
+            raise ValueError("teacher.backend 'sim' only works on simulated data "
+                             "(data.source: sim); use 'hf' or 'openai' on your own logs")
+        return SimTeacher(embed, params, subjects_per_interest=t.subjects_per_interest,
+                          related_subjects=t.related_subjects, seed=cfg.run.seed, **common)
+    if t.backend == "hf":
+        return HFTeacher(embed, params, t.hf_model or cfg.models.generator,
+                         temperature=t.temperature, max_new_tokens=t.max_new_tokens,
+                         batch_size=t.batch_size, dtype=cfg.models.dtype, **common)
+    return OpenAITeacher(embed, params, t.openai_url or "", t.openai_model,
+                         temperature=t.temperature, max_new_tokens=t.max_new_tokens,
+                         timeout_s=t.timeout_s, max_retries=t.max_retries, backoff_s=t.backoff_s,
+                         api_key=os.environ.get(t.api_key_env), **common)
