@@ -169,6 +169,8 @@ class SimEnv:
                         imp["propensity"].append(slate.propensities[pos] if slate.propensities else None)
                 first = len(day_sessions)
                 day_sessions += self.world.organic_sessions(user, day, self.seed, first, clicked_pos >= 0)
+                # Sessions are numbered and read in time order (session ids follow ts).
+                day_sessions.sort(key=lambda s: s.hour)
                 for s in day_sessions:
                     self.histories[user.user_id].append(s.summary)
                 sess += day_sessions

@@ -38,8 +38,8 @@ class OracleParams:
     spec_high: float = 0.55  # ... and fully specific
     base: float = -4.6
     w_rel: float = 4.0
-    w_cat: float = 0.45
-    w_appeal: float = 1.0
+    w_cat: float = 1.5
+    w_appeal: float = 0.5
     pen_functional: float = 1.5
     pen_sensitive: float = 5.0
     max_chars: int = 64

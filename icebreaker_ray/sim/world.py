@@ -229,7 +229,8 @@ class World:
             in_fav = self.regular[np.isin(self.subject_category[self.regular], user.favourite_categories)]
             pool = in_fav if rng.random() < 0.5 else self.regular
             subject = int(self._pick(rng, pool)[0])
-            if rng.random() < self.params.short_interest_spawn and subject not in user.long_subjects:
+            known = subject in user.long_subjects or any(s.subject == subject for s in user.short)
+            if rng.random() < self.params.short_interest_spawn and not known:
                 lo, hi = self.params.short_half_life
                 user.short.append(ShortInterest(subject, float(rng.uniform(0.4, 0.9)),
                                                 float(rng.uniform(0.3, 0.9)), day, float(rng.uniform(lo, hi))))
