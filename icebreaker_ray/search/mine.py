@@ -1,0 +1,175 @@
+"""Preference mining for PMA (paper §2.3.2): sample candidate pools, search lists, pair them.
+
+    pools = sample_candidates(users, interests, model_dir, cfg)        # Ray Data, generator actors
+    pairs = search_pairs(pools, prompts, ranker_dir, sessions, users, cfg)   # Ray Data, search actors
+
+1. Candidate pool C (Algorithm 1 line 1): for each user, the current generator samples
+   ``generation.num_candidates`` lists from the trigger interests; every parsed starter
+   that passes the rule filter joins the pool (deduplicated), up to ``search.N``. A share
+   ``search.teacher_mix_ratio`` of the pool comes from the teacher-distilled starters of
+   the SIT corpus (App. C.3: distilled starters keep preference learning from collapsing).
+2. Hybrid reward list search (Algorithm 1) with R_util from the ``util`` ranker and
+   sentence embeddings for R_div gives S+ and the hierarchical negatives (utility,
+   diversity, joint failure); each negative becomes one (chosen=S+, rejected) pair.
+
+Both steps run as Ray Data ``map_batches`` over an actor pool, so they shard across
+workers; the per-user algorithm is the pure function :func:`pairs_for_user`. Sampling is
+seeded per batch from the user ids in it, so a run is reproducible whichever actor gets
+which batch.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from icebreaker_ray.data.schemas import schema
+from icebreaker_ray.isg.prompts import generator_messages
+from icebreaker_ray.search.list_search import ListSearchParams, hybrid_reward_list_search
+
+NEGATIVE_TYPES = ("utility", "diversity", "joint")
+POOL_SCHEMA = pa.schema([("user_id", pa.string()), ("interests", pa.list_(pa.string())),
+                         ("starters", pa.list_(pa.string()))])
+
+
+def search_params(cfg) -> ListSearchParams:
+    s = cfg.search
+    return ListSearchParams(K=s.K, J=s.J, M=s.M, lam=s.lam, util_gap=s.util_gap,
+                            util_tolerance=s.util_tolerance, div_gap=s.div_gap,
+                            div_tolerance=s.div_tolerance)
+
+
+def prompt_for(interests: Sequence[str], k: int, max_chars: int) -> str:
+    """The chat prompt a pair is conditioned on, as JSON messages (what DPO trains on)."""
+    return json.dumps(generator_messages(list(interests), k=k, max_chars=max_chars))
+
+
+def mix_pool(generated: Sequence[str], teacher: Sequence[str], n: int, teacher_ratio: float) -> list[str]:
+    """Pool C of at most ``n`` distinct starters, ``teacher_ratio`` of them distilled."""
+    m = min(len(teacher), int(round(teacher_ratio * n)))
+    pool = list(dict.fromkeys([*teacher[:m], *generated]))
+    return pool[:n]
+
+
+def pairs_for_user(user_id: str, prompt: str, pool: Sequence[str], utility: np.ndarray,
+                   emb: np.ndarray, params: ListSearchParams, round_: int, seed: int,
+                   negatives: Sequence[str] = NEGATIVE_TYPES) -> list[dict[str, Any]]:
+    """Algorithm 1 on one user's pool -> one preference pair per negative type found."""
+    if len(pool) < params.K:
+        return []
+    res = hybrid_reward_list_search(np.asarray(utility, np.float64), emb, params,
+                                    rng=seed + zlib.crc32(user_id.encode()))
+    chosen = [pool[i] for i in res.best]
+    rows = []
+    for kind in negatives:
+        neg = res.negatives.get(kind)
+        if neg is None:
+            continue
+        rows.append({
+            "user_id": user_id, "prompt": prompt, "chosen": chosen,
+            "rejected": [pool[i] for i in neg.indices], "negative_type": kind,
+            "chosen_v_util": res.v_util, "chosen_v_div": res.v_div,
+            "rejected_v_util": float(neg.v_util), "rejected_v_div": float(neg.v_div),
+            "round": round_,
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------- Ray actors
+
+
+class CandidateSampler:
+    """Ray Data actor holding the generator: batch of users -> candidate pools."""
+
+    def __init__(self, model_dir: str, embedder: str, gen_params, pool_size: int,
+                 teacher_ratio: float, seed: int) -> None:
+        from icebreaker_ray.isg.filters import SafetyFilter
+        from icebreaker_ray.models import TextEncoder, load_generator
+
+        self.model, self.tok = load_generator(model_dir)
+        self.encoder = TextEncoder(embedder)
+        self.params, self.n, self.ratio, self.seed = gen_params, pool_size, teacher_ratio, seed
+        self.safety = SafetyFilter(self.encoder, gen_params.filter_params())
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from icebreaker_ray.isg.generate import generate
+
+        users = batch.column("user_id").to_pylist()
+        interests = batch.column("interests").to_pylist()
+        teacher = batch.column("teacher_starters").to_pylist()
+        seed = self.seed + zlib.crc32("|".join(users).encode()) % 1_000_000
+        results = generate(self.model, self.tok, interests, self.encoder, self.params,
+                           seed=seed, safety=self.safety)
+        pools = []
+        for res, distilled in zip(results, teacher, strict=True):
+            sampled = [s for c in res.candidates for s in c.kept]
+            pools.append(mix_pool(sampled, distilled or [], self.n, self.ratio))
+        return pa.table({"user_id": users, "interests": interests, "starters": pools})
+
+
+class ListSearcher:
+    """Ray Data actor holding R_util and the embedder: pools -> preference pairs."""
+
+    def __init__(self, ranker_dir: str, sessions: pa.Table, users: pa.Table, embedder: str,
+                 params: ListSearchParams, round_: int, seed: int, k: int, max_chars: int,
+                 negatives: Sequence[str]) -> None:
+        from icebreaker_ray.models import TextEncoder
+        from icebreaker_ray.reward.ranker import UserFeaturizer, UtilityRanker
+
+        self.encoder = TextEncoder(embedder)
+        self.ranker = UtilityRanker.load(ranker_dir)
+        self.features = UserFeaturizer(sessions, users, self.encoder)
+        self.params, self.round, self.seed = params, round_, seed
+        self.k, self.max_chars, self.negatives = k, max_chars, list(negatives)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        for uid, interests, pool in zip(batch.column("user_id").to_pylist(),
+                                        batch.column("interests").to_pylist(),
+                                        batch.column("starters").to_pylist(), strict=True):
+            if len(pool) < self.params.K:
+                continue
+            emb = self.encoder(pool)
+            utility = self.ranker.score(self.features.pair_features([uid] * len(pool), emb))
+            rows += pairs_for_user(uid, prompt_for(interests, self.k, self.max_chars), pool,
+                                   utility, emb, self.params, self.round, self.seed, self.negatives)
+        return pa.Table.from_pylist(rows, schema=schema("preference_pairs"))
+
+
+def _map(table: pa.Table, actor, kwargs: dict[str, Any], actors: int, batch_size: int,
+         empty: pa.Schema) -> pa.Table:
+    """Ray Data map_batches of ``actor`` over ``table`` on a fixed-size actor pool."""
+    import ray
+
+    ds = ray.data.from_arrow(table).map_batches(
+        actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
+    )
+    parts = [p for p in (ray.get(ref) for ref in ds.to_arrow_refs()) if p.num_rows]
+    return pa.concat_tables(parts) if parts else empty.empty_table()
+
+
+def sample_candidates(requests: pa.Table, model_dir: str, cfg, gen_params) -> pa.Table:
+    """``requests`` (user_id, interests, teacher_starters) -> pools (user_id, interests, starters)."""
+    out = _map(requests, CandidateSampler,
+               dict(model_dir=model_dir, embedder=cfg.models.embedder, gen_params=gen_params,
+                    pool_size=cfg.search.N, teacher_ratio=cfg.search.teacher_mix_ratio,
+                    seed=cfg.run.seed),
+               cfg.search.num_actors, cfg.generation.batch_size, POOL_SCHEMA)
+    return out.sort_by("user_id")
+
+
+def search_pairs(pools: pa.Table, ranker_dir: str, sessions: pa.Table, users: pa.Table, cfg,
+                 round_: int, negatives: Sequence[str] = NEGATIVE_TYPES) -> pa.Table:
+    out = _map(pools, ListSearcher,
+               dict(ranker_dir=ranker_dir, sessions=sessions, users=users,
+                    embedder=cfg.models.embedder, params=search_params(cfg), round_=round_,
+                    seed=cfg.run.seed, k=cfg.generation.K, max_chars=cfg.filter.max_chars,
+                    negatives=negatives),
+               cfg.search.num_actors, 16, schema("preference_pairs"))
+    return out.sort_by([("user_id", "ascending"), ("negative_type", "ascending")])

@@ -1,0 +1,136 @@
+"""The ``mine`` stage: preference pairs for DPO from the current generator (Algorithm 1).
+
+    icebreaker mine --config configs/local-cpu.yaml --out runs/demo
+
+Reads trigger interests (``distill-interests``), the SIT corpus (``distill-corpus``, for
+the teacher share of each pool), the generator (``sft``) and the ``util`` ranker
+(``train-ranker``). Writes ``OUT/mine/``:
+- ``candidates.parquet``: each mined user's candidate pool C;
+- ``preference_pairs.parquet``: S+ against each negative type found (hierarchical pairs);
+- ``feedback_pairs.parquet``: the vanilla SFT+DPO baseline's pairs, from logged feedback
+  only (a clicked list against an unclicked list of the same user), no list search.
+Held-out evaluation users (``eval.holdout_fraction``) are never mined.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from icebreaker_ray.config import Config
+from icebreaker_ray.data import io
+from icebreaker_ray.data.schemas import schema
+from icebreaker_ray.data.splits import is_holdout
+from icebreaker_ray.isg.generate import GenerationParams
+from icebreaker_ray.raykit import init_ray, node_id
+from icebreaker_ray.search.mine import prompt_for, sample_candidates, search_pairs
+
+
+def trigger_interests(out: str) -> dict[str, list[str]]:
+    """I* per user: the selected interests, best score first (the top one if none passed)."""
+    table = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests")
+    by_user: dict[str, list[tuple[float, bool, str]]] = defaultdict(list)
+    for row in table.to_pylist():
+        by_user[row["user_id"]].append((row["score"], row["selected"], row["summary"]))
+    result = {}
+    for uid, rows in by_user.items():
+        rows.sort(key=lambda r: -r[0])
+        chosen = [s for _, sel, s in rows if sel] or [rows[0][2]]
+        result[uid] = list(dict.fromkeys(chosen))
+    return result
+
+
+def training_users(interests: dict[str, list[str]], cfg: Config, round_: int) -> list[str]:
+    users = sorted(u for u in interests if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed))
+    cap = cfg.search.max_users
+    if cap is not None and len(users) > cap:
+        rng = np.random.default_rng([cfg.run.seed, round_])
+        users = sorted(rng.choice(users, cap, replace=False).tolist())
+    return users
+
+
+def mining_requests(out: str, cfg: Config, round_: int) -> pa.Table:
+    interests = trigger_interests(out)
+    corpus = io.read_table(io.table_uri(out, "distill-corpus", "sit_corpus"), "sit_corpus")
+    teacher = {r["user_id"]: r["starters"] for r in corpus.to_pylist()}
+    users = training_users(interests, cfg, round_)
+    return pa.table({
+        "user_id": users,
+        "interests": [interests[u] for u in users],
+        "teacher_starters": pa.array([teacher.get(u, []) for u in users], pa.list_(pa.string())),
+    })
+
+
+def feedback_pairs(impressions: pa.Table, prompts: dict[str, str], per_user: int, seed: int) -> pa.Table:
+    """Vanilla DPO pairs: lists the user clicked in vs lists they ignored (logged feedback)."""
+    lists: dict[str, dict[str, Any]] = {}
+    for row in impressions.to_pylist():
+        entry = lists.setdefault(row["request_id"], {"user": row["user_id"], "items": [], "clicked": False})
+        entry["items"].append((row["position"], row["starter"]))
+        entry["clicked"] |= row["clicked"]
+    by_user: dict[str, dict[bool, list[list[str]]]] = defaultdict(lambda: {True: [], False: []})
+    for entry in lists.values():
+        by_user[entry["user"]][entry["clicked"]].append([s for _, s in sorted(entry["items"])])
+    rng = np.random.default_rng(seed)
+    rows = []
+    nan = float("nan")
+    for uid in sorted(by_user):
+        good, bad = by_user[uid][True], by_user[uid][False]
+        if uid not in prompts or not good or not bad:
+            continue
+        for chosen in good[:per_user]:
+            rejected = bad[int(rng.integers(len(bad)))]
+            rows.append({"user_id": uid, "prompt": prompts[uid], "chosen": chosen, "rejected": rejected,
+                         "negative_type": "feedback", "chosen_v_util": nan, "chosen_v_div": nan,
+                         "rejected_v_util": nan, "rejected_v_div": nan, "round": 0})
+    return pa.Table.from_pylist(rows, schema=schema("preference_pairs"))
+
+
+def mine_round(cfg: Config, out: str, model_dir: str, round_: int) -> tuple[pa.Table, pa.Table]:
+    """Candidate pools and preference pairs for one round, from the generator in ``model_dir``."""
+    requests = mining_requests(out, cfg, round_)
+    sessions = io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions")
+    users = io.read_table(io.table_uri(out, "simulate", "users"), "users")
+    init_ray(cfg)
+    pools = sample_candidates(requests, model_dir, cfg, GenerationParams.from_config(cfg))
+    pairs = search_pairs(pools, io.join(out, "train-ranker", "util"), sessions, users, cfg,
+                         round_, cfg.dpo.negatives)
+    candidates = pa.table({"user_id": pools.column("user_id"),
+                           "round": pa.array([round_] * pools.num_rows, pa.int32()),
+                           "starters": pools.column("starters")})
+    return candidates, pairs
+
+
+def pair_stats(pairs: pa.Table, candidates: pa.Table) -> dict[str, Any]:
+    df = pairs.to_pandas()
+    sizes = [len(s) for s in candidates.column("starters").to_pylist()]
+    stats: dict[str, Any] = {
+        "users": candidates.num_rows, "mean_pool_size": float(np.mean(sizes)) if sizes else 0.0,
+        "pairs": int(len(df)), "pairs_by_type": df["negative_type"].value_counts().to_dict(),
+    }
+    if len(df):
+        for col in ("chosen_v_util", "chosen_v_div", "rejected_v_util", "rejected_v_div"):
+            stats[f"mean_{col}"] = float(df[col].mean())
+    return stats
+
+
+def mine(cfg: Config, out: str) -> dict[str, Any]:
+    """Round 0: mine from the SFT generator; also write the vanilla feedback pairs."""
+    candidates, pairs = mine_round(cfg, out, io.join(out, "sft", "model"), round_=0)
+    interests = trigger_interests(out)
+    prompts = {u: prompt_for(i, cfg.generation.K, cfg.filter.max_chars) for u, i in interests.items()
+               if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed)}
+    impressions = io.read_table(io.table_uri(out, "simulate", "impressions"), "impressions")
+    feedback = feedback_pairs(impressions, prompts, cfg.search.feedback_pairs_per_user, cfg.run.seed)
+    writer = io.StageWriter(out, "mine")
+    writer.write_table("candidates", candidates)
+    writer.write_table("preference_pairs", pairs)
+    writer.write_table("preference_pairs", feedback, "feedback_pairs.parquet")
+    stats = {**pair_stats(pairs, candidates), "feedback_pairs": feedback.num_rows}
+    from icebreaker_ray.pipeline import get_stage
+
+    return writer.commit(fingerprint=get_stage("mine").fingerprint(cfg), metrics=stats,
+                         node_ids=[node_id()])
