@@ -30,7 +30,7 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check icebreaker_ray tests jobs bench serve_app.py
+	$(VENV)/bin/ruff check icebreaker_ray tests jobs bench $(wildcard serve_app.py)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
