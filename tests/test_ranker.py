@@ -125,8 +125,8 @@ def test_ray_train_two_workers_and_resume(tmp_path, ray_local):
     assert len(losses) == 4 and losses[-1] < losses[0]
     test = _synthetic(seed=5)
     assert auc(test.clicked, model.click_probability(test.x)) > 0.65
-    # rerun with the same name and more epochs: resumes from the epoch-4 checkpoint; the run's
-    # metrics history keeps the first four epochs and adds two that start from a trained model
+    # rerun with the same name and more epochs: resumes from the epoch-4 checkpoint; the loss
+    # history keeps the first four epochs and adds two that start from a trained model
     _, more = train_ranker_on_ray(ex, epochs=6, **kw)
     assert len(more) == 6 and more[:4] == pytest.approx(losses)
     assert more[4] < losses[1]

@@ -9,7 +9,7 @@ own chat prompt over the trigger interests I* and the completion is the teacher'
 S rendered as ``<sug> s1 && … </sug>``. TRL's ``SFTTrainer`` computes the loss on the
 completion tokens only (prompt-completion format, ``completion_only_loss=True``).
 
-Ray glue: each Ray Train worker runs :func:`sft_train_loop` — TRL ``SFTTrainer`` wrapped
+Ray glue: each Ray Train worker runs :func:`hf_train_loop` — TRL ``SFTTrainer`` wrapped
 with ``prepare_trainer`` plus ``RayTrainReportCallback``, so every HF checkpoint
 (model, optimizer, scheduler, DeepSpeed shards, trainer state) becomes a Ray Train
 checkpoint. Rerunning with the same ``RunConfig(name, storage_path)`` hands the latest
@@ -185,13 +185,22 @@ def step_timer(warmup: int = 2) -> Any:
     return StepTimer()
 
 
-def sft_train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: TRL SFTTrainer (+ DeepSpeed, + LoRA) reporting checkpoints."""
+def build_sft_trainer(model: Any, tok: Any, train: dict[str, Any], output_dir: str, seed: int,
+                      dataset: Any, peft_config: Any, callbacks: list[Any]) -> Any:
+    """The SIT trainer of :func:`hf_train_loop`: TRL SFTTrainer, completion-only loss."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(model=model, args=_sft_config(train, output_dir, seed), train_dataset=dataset,
+                      processing_class=tok, peft_config=peft_config, callbacks=callbacks)
+
+
+def hf_train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: a TRL trainer (SFT or DPO, from ``config["build"]``) with
+    DeepSpeed and LoRA from the config, reporting every HF checkpoint to Ray Train."""
     import torch
     from datasets import Dataset
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
     from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import SFTTrainer
 
     from icebreaker_ray.models import load_tokenizer
 
@@ -213,13 +222,10 @@ def sft_train_loop(config: dict[str, Any]) -> None:
             def on_train_begin(self, args, state, control, **kwargs):
                 state.log_history.append({"start_step": state.global_step, "step": state.global_step})
 
-        trainer = SFTTrainer(
-            model=model,
-            args=_sft_config(train, os.path.join(tmp, "out"), config["seed"]),
-            train_dataset=Dataset.from_list(config["examples"]),
-            processing_class=tok,
-            peft_config=_lora_config(train.get("lora")),
-            callbacks=[_StartStep(), step_timer(), RayTrainReportCallback()],
+        trainer = config["build"](
+            model, tok, train, os.path.join(tmp, "out"), config["seed"],
+            Dataset.from_list(config["examples"]), _lora_config(train.get("lora")),
+            [_StartStep(), step_timer(), RayTrainReportCallback()],
         )
         trainer = prepare_trainer(trainer)
         trainer.train(resume_from_checkpoint=resume)
@@ -242,17 +248,33 @@ def train_sft(
     Rerun with the same ``storage_path``/``name`` to resume from the latest checkpoint.
     ``model_path`` must be a local HF directory (see ``models.resolve_generator``).
     """
+    if not examples:
+        raise ValueError("the SIT corpus gave no training examples (empty corpus?)")
+    return run_hf_training(build_sft_trainer, examples, model_path, train, storage_path, name,
+                           seed=seed)
+
+
+def run_hf_training(
+    build: Any,
+    examples: list[dict[str, Any]],
+    model_path: str,
+    train: TrainSection,
+    storage_path: str,
+    name: str,
+    *,
+    seed: int = 0,
+) -> Any:
+    """Run :func:`hf_train_loop` with the trainer ``build`` makes (SFT or DPO) on Ray Train
+    workers; FailureConfig, checkpoint retention and resume as in the module docstring."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if not examples:
-        raise ValueError("the SIT corpus gave no training examples (empty corpus?)")
     resources = {"CPU": train.cpus_per_worker}
     if train.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
-        sft_train_loop,
-        train_loop_config=loop_config(train, model_path, examples, seed),
+        hf_train_loop,
+        train_loop_config={**loop_config(train, model_path, examples, seed), "build": build},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(

@@ -255,12 +255,13 @@ def _ray_loop(config: dict) -> None:
     ex: RankerExamples = config["examples"]
     torch.manual_seed(config["seed"])
     model = UtilityRanker(_dim(ex), config["hidden"], config["depth_weight"])
-    start_epoch = 0
+    start_epoch, history = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(Path(d) / "ranker.pt", weights_only=True))
-            start_epoch = json.loads((Path(d) / "state.json").read_text())["epoch"] + 1
+            state = json.loads((Path(d) / "state.json").read_text())
+            start_epoch, history = state["epoch"] + 1, state["losses"]
     model = ray.train.torch.prepare_model(model)
     data = {k: v[rank::world] for k, v in _tensors(ex).items()}
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=1e-2)
@@ -278,11 +279,13 @@ def _ray_loop(config: dict) -> None:
             opt.step()
             total += float(loss.detach()) * len(idx)
         metrics = {"epoch": epoch, "loss": total / max(n, 1)}
+        history.append(metrics["loss"])
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 inner = model.module if hasattr(model, "module") else model
                 torch.save(inner.state_dict(), Path(d) / "ranker.pt")
-                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch}))
+                # The loss history travels in the checkpoint: Ray keeps only the last few.
+                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch, "losses": history}))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -293,7 +296,7 @@ def train_ranker_on_ray(ex: RankerExamples, *, run_name: str, storage_path: str,
                         lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
                         max_failures: int = 0) -> tuple[UtilityRanker, list[float]]:
     """Train on Ray Train workers (checkpoint per epoch, resumable); returns the model and
-    the per-epoch loss reported by rank 0."""
+    rank 0's loss per epoch over the whole run, resumed attempts included."""
     from icebreaker_ray.raykit import fit_on_ray
 
     result = fit_on_ray(
@@ -306,7 +309,6 @@ def train_ranker_on_ray(ex: RankerExamples, *, run_name: str, storage_path: str,
     model = UtilityRanker(_dim(ex), hidden, depth_weight)
     with result.checkpoint.as_directory() as d:
         model.load_state_dict(torch.load(Path(d) / "ranker.pt", weights_only=True))
+        losses = json.loads((Path(d) / "state.json").read_text())["losses"]
     model.eval()
-    losses = [float(row["loss"]) for _, row in result.metrics_dataframe.iterrows()] \
-        if result.metrics_dataframe is not None else []
-    return model, losses
+    return model, [float(x) for x in losses]
