@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 import pytest
+from isg_support import fake_embed as hashed_embed
 
 from icebreaker_ray.isg.filters import (
     DEFAULT_SENSITIVE_THRESHOLD,
@@ -25,14 +25,8 @@ from icebreaker_ray.isg.filters import (
 DIM = 512
 
 
-def fake_embed(texts: Sequence[str]) -> np.ndarray:
-    """Deterministic hashed bag-of-words, L2-normalized (no model, same on every run)."""
-    out = np.zeros((len(texts), DIM), dtype=np.float32)
-    for i, text in enumerate(texts):
-        for tok in re.findall(r"[a-z0-9']+", text.lower()):
-            out[i, int(hashlib.md5(tok.encode()).hexdigest(), 16) % DIM] += 1.0
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    return out / np.maximum(norms, 1e-12)
+# The shared hashed bag-of-words embedding of the test helpers, at this file's width.
+fake_embed = partial(hashed_embed, dim=DIM)
 
 
 def params(**kw: object) -> FilterParams:

@@ -140,9 +140,29 @@ def _local_path(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+def export_to_stage(writer: io.StageWriter, result: Any, base: str, relative: str) -> None:
+    """Write the final checkpoint as a plain HF model directory into the stage output (exported
+    locally, then uploaded when the output is a storage URI) and record it."""
+    from icebreaker_ray.isg.sft import export_model
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"{writer.stage} finished without a checkpoint")
+    target = writer.path(relative)
+    if "://" in target:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = export_model(result.checkpoint, os.path.join(tmp, relative), base)
+            fs, path = io.resolve(target)
+            import pyarrow.fs as pafs
+
+            pafs.copy_files(local, path, destination_filesystem=fs)
+    else:
+        export_model(result.checkpoint, target, base)
+    writer.add_file(relative)
+
+
 def sft(cfg: Config, out: str) -> dict[str, Any]:
     """SIT (eq. 5) on ``sit_corpus``; the tuned generator goes to ``OUT/sft/model``."""
-    from icebreaker_ray.isg.sft import export_model, losses, sit_examples, train_sft, training_log
+    from icebreaker_ray.isg.sft import losses, sit_examples, train_sft, training_log
     from icebreaker_ray.models import resolve_generator
 
     corpus = io.read_table(io.table_uri(out, "distill-corpus", SIT_TABLE), SIT_TABLE).to_pylist()
@@ -153,23 +173,11 @@ def sft(cfg: Config, out: str) -> dict[str, Any]:
     writer = io.StageWriter(out, "sft")
     storage = _local_path(writer.path("ray-train"))
     result = train_sft(examples, base, cfg.sft, storage, f"{cfg.run.name}-sft", seed=cfg.run.seed)
-    if result.checkpoint is None:
-        raise RuntimeError("SFT finished without a checkpoint")
-    target = writer.path(MODEL_DIR)
-    if "://" in target:  # shared storage: export locally, then upload
-        with tempfile.TemporaryDirectory() as tmp:
-            local = export_model(result.checkpoint, os.path.join(tmp, MODEL_DIR), base)
-            fs, path = io.resolve(target)
-            import pyarrow.fs as pafs
-
-            pafs.copy_files(local, path, destination_filesystem=fs)
-    else:
-        export_model(result.checkpoint, target, base)
+    export_to_stage(writer, result, base, MODEL_DIR)
     history = training_log(result)
     loss = losses(history)
     starts = [h["start_step"] for h in history if "start_step" in h]
     step_times = [h["step_time_s"] for h in history if "step_time_s" in h]
-    writer.add_file(MODEL_DIR)
     from icebreaker_ray.pipeline import get_stage
 
     return writer.commit(
@@ -190,3 +198,54 @@ def sft(cfg: Config, out: str) -> dict[str, Any]:
         node_ids=[node_id()],
     )
 
+
+
+# ----------------------------------------------------------------------------- dpo
+
+VANILLA_DIR = "vanilla-model"
+
+
+def _local_model(uri: str, tmp: str) -> str:
+    """A local copy of a model directory that may live on shared storage."""
+    if "://" not in uri:
+        return os.path.abspath(uri)  # Ray workers run in another working directory
+    import pyarrow.fs as pafs
+
+    fs, path = io.resolve(uri)
+    local = os.path.join(tmp, "start-model")
+    pafs.copy_files(path, local, source_filesystem=fs)
+    return local
+
+
+def dpo(cfg: Config, out: str) -> dict[str, Any]:
+    """PMA (eq. 6) from the SFT generator on the mined hierarchical pairs -> ``OUT/dpo/model``;
+    the vanilla SFT+DPO baseline on logged-feedback pairs -> ``OUT/dpo/vanilla-model``."""
+    from icebreaker_ray.isg.dpo import dpo_examples, train_dpo
+    from icebreaker_ray.isg.sft import losses, training_log
+
+    init_ray(cfg)
+    writer = io.StageWriter(out, "dpo")
+    metrics: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = _local_model(io.join(out, "sft", MODEL_DIR), tmp)
+        for relative, table, run in ((MODEL_DIR, "preference_pairs.parquet", "dpo"),
+                                     (VANILLA_DIR, "feedback_pairs.parquet", "dpo-vanilla")):
+            rows = io.read_table(io.join(out, "mine", table), "preference_pairs",
+                                 allow_empty=True).to_pylist()
+            if not rows and relative == VANILLA_DIR:
+                # Too few users with both a clicked and an ignored list: no baseline to train.
+                metrics[run] = {"pairs": 0, "skipped": "no logged-feedback pairs"}
+                continue
+            random.Random(cfg.run.seed).shuffle(rows)
+            result = train_dpo(dpo_examples(rows), start, cfg.dpo,
+                               _local_path(writer.path(f"ray-train-{run}")),
+                               f"{cfg.run.name}-{run}", seed=cfg.run.seed)
+            export_to_stage(writer, result, start, relative)
+            loss = losses(training_log(result))
+            metrics[run] = {"pairs": len(rows), "steps": int(result.metrics.get("step", 0)),
+                            "first_loss": loss[0] if loss else None,
+                            "last_loss": loss[-1] if loss else None}
+    from icebreaker_ray.pipeline import get_stage
+
+    return writer.commit(fingerprint=get_stage("dpo").fingerprint(cfg), metrics=metrics,
+                         node_ids=[node_id()])

@@ -146,7 +146,12 @@ def _map(table: pa.Table, actor, kwargs: dict[str, Any], actors: int, batch_size
     """Ray Data map_batches of ``actor`` over ``table`` on a fixed-size actor pool."""
     import ray
 
-    ds = ray.data.from_arrow(table).map_batches(
+    # One block per batch (at least one per actor): a small table is otherwise one block,
+    # which keeps all but one actor of the pool idle.
+    n = max(actors, -(-table.num_rows // batch_size), 1)
+    step = max(1, -(-table.num_rows // n))
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)] or [table]
+    ds = ray.data.from_arrow(blocks).map_batches(
         actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
     )
