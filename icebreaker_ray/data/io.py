@@ -58,7 +58,8 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def _atomic_write_bytes(uri: str, payload: bytes) -> None:
+def write_bytes(uri: str, payload: bytes) -> None:
+    """Write a file atomically (temp file + rename)."""
     fs, path = resolve(uri)
     fs.create_dir(os.path.dirname(path), recursive=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -68,7 +69,7 @@ def _atomic_write_bytes(uri: str, payload: bytes) -> None:
 
 
 def write_json(uri: str, obj: Any) -> None:
-    _atomic_write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
 def read_json(uri: str) -> Any:
@@ -217,6 +218,13 @@ class StageWriter:
         uri = self.path(relative)
         size = write_table(table, uri, name)
         self.files[relative] = {"rows": table.num_rows, "bytes": size}
+        return uri
+
+    def write_bytes(self, relative: str, payload: bytes) -> str:
+        """Write a file of the stage (a report, a plot) atomically and record it."""
+        uri = self.path(relative)
+        write_bytes(uri, payload)
+        self.add_file(relative)
         return uri
 
     def write_json(self, relative: str, obj: Any) -> str:

@@ -163,7 +163,7 @@ def split_time(ts_days: np.ndarray, holdout_fraction: float) -> float:
 def _save_npz(uri: str, **arrays) -> None:
     buf = _io.BytesIO()
     np.savez(buf, **arrays)
-    io._atomic_write_bytes(uri, buf.getvalue())
+    io.write_bytes(uri, buf.getvalue())
 
 
 def _load_npz(uri: str) -> dict[str, np.ndarray]:

@@ -154,14 +154,8 @@ def simulate(cfg: Config, out: str) -> dict[str, Any]:
     write_truth(out, envs, users, truth, events)
     report_md, png = render_report(stats, cfg)
     writer.write_json("sim-stats.json", stats)
-    fs, path = io.resolve(writer.path("sim-report.md"))
-    with fs.open_output_stream(path) as f:
-        f.write(report_md.encode())
-    writer.add_file("sim-report.md")
-    fs, path = io.resolve(writer.path("sim-report.png"))
-    with fs.open_output_stream(path) as f:
-        f.write(png)
-    writer.add_file("sim-report.png")
+    writer.write_bytes("sim-report.md", report_md.encode())
+    writer.write_bytes("sim-report.png", png)
     from icebreaker_ray.pipeline import get_stage
 
     return writer.commit(
@@ -194,8 +188,8 @@ def write_truth(out: str, envs: list[SimEnv], users, truth: pa.Table, events: pa
     for name, table in (("session_truth", truth), ("users_truth", hidden), ("baseline_events", events)):
         buf = _io.BytesIO()
         pq.write_table(table, buf)
-        io._atomic_write_bytes(io.join(base, f"{name}.parquet"), buf.getvalue())
-    io._atomic_write_bytes(io.join(base, "world.pkl"), pickle.dumps(envs))
+        io.write_bytes(io.join(base, f"{name}.parquet"), buf.getvalue())
+    io.write_bytes(io.join(base, "world.pkl"), pickle.dumps(envs))
 
 
 def load_truth_envs(out: str) -> list[SimEnv]:

@@ -248,26 +248,6 @@ class World:
         user.engagement = min(p.max_engagement, user.engagement + p.engagement_per_depth * depth)
 
 
-def sessions_to_rows(events: list[SessionEvent], users: list[UserState], start_ts: float) -> dict:
-    """Logged columns (what a product stores) for ``sessions``; hidden subject kept apart."""
-    by_index = {u.index: u for u in users}
-    rows = {"user_id": [], "session_id": [], "ts": [], "summary": []}
-    truth = {"session_id": [], "user_id": [], "subject_index": [], "origin": [], "day": []}
-    for e in events:
-        uid = by_index[e.user].user_id
-        sid = f"{uid}-{e.day:04d}-{e.seq:02d}"
-        rows["user_id"].append(uid)
-        rows["session_id"].append(sid)
-        rows["ts"].append(int((start_ts + e.day * 86400 + e.hour * 3600) * 1000))
-        rows["summary"].append(e.summary)
-        truth["session_id"].append(sid)
-        truth["user_id"].append(uid)
-        truth["subject_index"].append(e.subject)
-        truth["origin"].append(e.origin)
-        truth["day"].append(e.day)
-    return {"rows": rows, "truth": truth}
-
-
 def log_depth(rate: float, rng: np.random.Generator) -> int:
     """Conversation depth after a click: 1 + Poisson(rate)."""
     return 1 + int(rng.poisson(max(rate, 0.0)))
