@@ -132,8 +132,32 @@ def pipeline(
 
         run_pipeline(cfg, target, until=until, on_stage=show)
         console.print(f"[bold green]pipeline complete[/] -> {target}")
+        _print_summary(target)
 
     _guarded(body)
+
+
+def _print_summary(out: str) -> None:
+    """Table 1 of the evaluation at a glance, and where the report is."""
+    from icebreaker_ray.data import io
+
+    report = io.join(out, "evaluate", "report.md")
+    if not io.exists(report):
+        return
+    from rich.table import Table
+
+    table1 = io.read_json(io.join(out, "evaluate", "metrics.json"))["table1"]
+    table = Table(title="Held-out users vs the retrieval baseline (Table 1)")
+    columns = (("R-Score (f)", "r_score_f"), ("R-Score (oracle)", "r_score_oracle"),
+               ("semantic div.", "semantic_diversity"), ("format pass", "format_pass_rate"))
+    table.add_column("method")
+    for label, _ in columns:
+        table.add_column(label, justify="right")
+    for name, row in table1.items():
+        cells = [row.get(key) for _, key in columns]
+        table.add_row(name, *("–" if c is None else f"{c:.3f}" for c in cells))
+    console.print(table)
+    console.print(f"report: [bold]{report}[/]")
 
 
 @app.command("show-config")
@@ -206,9 +230,29 @@ def generate(
 
 
 @app.command()
-def serve(config: ConfigOpt = "local-cpu") -> None:
-    """Start the Ray Serve application (HTTP API + demo page) on this machine."""
-    _fail("command 'serve' is not built yet (tracked in issue #8)", EXIT_NOT_BUILT)
+def serve(
+    config: ConfigOpt = "local-cpu",
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Run directory whose scorer, ranker, users and logs to serve (default: run.storage_path/run.name when it exists).")] = None,
+    model: Annotated[str | None, typer.Option(help="Generator to serve: alias, HF directory or Hub id (default: the run's dpo/sft model, else models.generator).")] = None,
+    overrides: SetOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Start the Ray Serve application (HTTP API + demo page) on this machine; Ctrl-C stops it."""
+
+    def body() -> None:
+        from pathlib import Path
+
+        from icebreaker_ray.serve.app import run_local
+
+        cfg = _load(config, overrides, address)
+        run = out
+        if run is None and Path(default_out(cfg)).is_dir():
+            run = default_out(cfg)
+        console.print(f"serve: run {run or '(none: cold-start list and raw summaries only)'}, "
+                      f"config {config}", highlight=False)
+        run_local(cfg, run_dir=run, model=model, blocking=True)
+
+    _guarded(body)
 
 
 def main() -> None:

@@ -261,6 +261,16 @@ class EvalSection(Section):
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     ab_days: int = Field(default=14, ge=1)
     n_boot: int = Field(default=1000, ge=100)
+    # Held-out users graded per method (None: all of them) and in the ablations.
+    max_users: int | None = Field(default=None, ge=1)
+    ablation_users: int | None = Field(default=24, ge=1)
+    # Lists sampled per user and method; the first that passes the filter is the user's G_u.
+    num_candidates: int = Field(default=2, ge=1)
+    # Raw summaries in the PE baseline's prompt (the most recent ones).
+    pe_summaries: int = Field(default=6, ge=1)
+    # Table 9 analogue: one extra DPO run per negative type (costly on CPU).
+    negative_ablation: bool = True
+    examples: int = Field(default=10, ge=0)
 
 
 class DeploymentSection(Section):
@@ -270,6 +280,8 @@ class DeploymentSection(Section):
     max_replicas: int = Field(default=2, ge=1)
     target_ongoing_requests: float = Field(default=4.0, gt=0)
     max_ongoing_requests: int = Field(default=16, ge=1)
+    # torch intra-op threads in each replica (None: torch's default for the process).
+    num_threads: int | None = Field(default=None, ge=1)
 
 
 class ServeSection(Section):
@@ -282,6 +294,14 @@ class ServeSection(Section):
     max_summary_chars: int = Field(default=1000, ge=1)
     event_store: str = "events.sqlite"
     deployments: dict[str, DeploymentSection] = {}
+    # Request bodies larger than this are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    # Candidate lists sampled per request (None: generation.num_candidates).
+    num_candidates: int | None = Field(default=None, ge=1)
+    # @serve.batch of the StarterGenerator: requests per model.generate call, and how long
+    # the first request of a batch waits for company.
+    max_batch_size: int = Field(default=8, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.05, ge=0)
 
 
 class Config(Section):

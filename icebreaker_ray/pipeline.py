@@ -73,9 +73,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("dpo", "List-wise DPO on mined pairs (PMA, eq. 6), Ray Train + DeepSpeed.",
           "icebreaker_ray.isg.stage:dpo", ("dpo",), ("mine",), issue=6),
     Stage("iterate", "Self-reinforced rounds: mine -> DPO over fresh time slices (App. C.2).",
-          None, ("iterate", "search", "dpo"), ("dpo",), issue=6),
+          "icebreaker_ray.search.iterate:iterate", ("iterate", "search", "dpo", "ranker", "generation", "filter", "eval"),
+          ("dpo",), issue=6),
     Stage("evaluate", "Offline metrics, simulated A/B test and the report (paper §3).",
-          None, ("eval", "generation"), ("iterate",), issue=7),
+          "icebreaker_ray.eval.stage:evaluate", ("eval", "generation", "filter", "models"),
+          ("iterate",), issue=7),
 )
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}
@@ -108,7 +110,9 @@ def run_stage(name: str, cfg: Config, out: str, *, force: bool = False) -> dict[
         )
     started = time.time()
     manifest = fn(cfg, out)
-    manifest.setdefault("duration_s", time.time() - started)
+    # The wall time of the whole stage (the stage's own writer only sees its last part).
+    manifest["duration_s"] = time.time() - started
+    io.write_json(io.join(out, name, io.MANIFEST), manifest)
     return manifest
 
 

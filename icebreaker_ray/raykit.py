@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from icebreaker_ray.config import Config
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,15 @@ WORKER_ENV = {
 }
 
 
+# The address init_ray exported for a local instance it started (not a user's cluster).
+_exported_address: str | None = None
+
+
 def _address(cfg: Config | None, address: str | None) -> str | None:
-    return address or (cfg.ray.address if cfg else None) or os.environ.get("RAY_ADDRESS") or None
+    env = os.environ.get("RAY_ADDRESS")
+    if env and env == _exported_address:
+        env = None  # our own earlier local instance, since shut down
+    return address or (cfg.ray.address if cfg else None) or env or None
 
 
 def init_ray(cfg: Config | None = None, address: str | None = None, **kwargs) -> None:
@@ -66,7 +75,13 @@ def init_ray(cfg: Config | None = None, address: str | None = None, **kwargs) ->
         if cfg is not None and cfg.ray.num_cpus:
             init_kwargs.setdefault("num_cpus", cfg.ray.num_cpus)
         init_kwargs.setdefault("include_dashboard", False)
-        ray.init(**init_kwargs)
+        # "local" starts a fresh instance even when `ray start` left a cluster running on
+        # this machine (address=None would join it). Export the new instance's address so
+        # libraries that autodetect a cluster later (Ray Train, Serve) find this one.
+        global _exported_address
+        ray.init(address="local", **init_kwargs)
+        _exported_address = ray.get_runtime_context().gcs_address
+        os.environ["RAY_ADDRESS"] = _exported_address
     log.info("ray: %s", ray.cluster_resources())
 
 
@@ -84,6 +99,8 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+    if _exported_address and os.environ.get("RAY_ADDRESS") == _exported_address:
+        del os.environ["RAY_ADDRESS"]
 
 
 def fit_on_ray(loop, loop_config: dict, *, num_workers: int, run_name: str, storage_path: str,
@@ -110,3 +127,26 @@ def fit_on_ray(loop, loop_config: dict, *, num_workers: int, run_name: str, stor
                              checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
     )
     return trainer.fit()
+
+
+def map_actor_pool(table: pa.Table, actor, kwargs: dict[str, Any], actors: int, batch_size: int,
+                   empty: pa.Schema) -> pa.Table:
+    """Ray Data map_batches of ``actor`` over ``table`` on a fixed-size actor pool;
+    returns the concatenated output (``empty``'s schema when nothing came back)."""
+    import pyarrow as pa
+    import ray
+
+    # One block per batch, at least one per actor: a small table is otherwise one block,
+    # which keeps all but one actor of the pool idle. The batch size is the block size,
+    # or Ray Data would bundle small blocks back into one batch for one actor.
+    n = max(actors, -(-table.num_rows // batch_size), 1)
+    step = max(1, -(-table.num_rows // n))
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)] or [table]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        actor, fn_constructor_kwargs=kwargs, batch_size=step, batch_format="pyarrow",
+        # One batch in flight per actor: the first actor to finish loading its model
+        # would otherwise take every queued batch while the others are still starting.
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1), num_cpus=1,
+    )
+    parts = [p for p in (ray.get(ref) for ref in ds.to_arrow_refs()) if p.num_rows]
+    return pa.concat_tables(parts) if parts else empty.empty_table()

@@ -25,8 +25,8 @@ def ray_local():
     """One local Ray instance for the whole test session (2 CPUs, like CI)."""
     import ray
 
-    from icebreaker_ray.raykit import init_ray
+    from icebreaker_ray.raykit import init_ray, shutdown
 
     init_ray(num_cpus=2)
     yield ray
-    ray.shutdown()
+    shutdown()

@@ -29,6 +29,17 @@ def test_cluster_yaml_passes_ray_schema():
     assert cfg["idle_timeout_minutes"] > 0 and cfg["max_workers"] >= types["gpu_train"]["max_workers"]
 
 
+def test_cluster_yaml_keeps_token_auth_on_and_dashboard_private():
+    cfg = _cluster()
+    starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c or "ray stop" in c)
+    assert any(local.endswith(".ray/auth_token") for local in cfg["file_mounts"].values())
+    head_start = next(c for c in cfg["head_start_ray_commands"] if "ray start" in c)
+    assert "--dashboard-host=127.0.0.1" in head_start
+    roles = {t["labels"]["icebreaker-role"] for t in cfg["available_node_types"].values()}
+    assert roles == {"head", "train", "infer"}
+
+
 def test_schema_check_can_fail():
     bad = _cluster()
     bad["availabel_node_types"] = bad.pop("available_node_types")

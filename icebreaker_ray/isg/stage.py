@@ -205,7 +205,7 @@ def sft(cfg: Config, out: str) -> dict[str, Any]:
 VANILLA_DIR = "vanilla-model"
 
 
-def _local_model(uri: str, tmp: str) -> str:
+def local_model(uri: str, tmp: str) -> str:
     """A local copy of a model directory that may live on shared storage."""
     if "://" not in uri:
         return os.path.abspath(uri)  # Ray workers run in another working directory
@@ -217,17 +217,32 @@ def _local_model(uri: str, tmp: str) -> str:
     return local
 
 
-def dpo(cfg: Config, out: str) -> dict[str, Any]:
-    """PMA (eq. 6) from the SFT generator on the mined hierarchical pairs -> ``OUT/dpo/model``;
-    the vanilla SFT+DPO baseline on logged-feedback pairs -> ``OUT/dpo/vanilla-model``."""
+def dpo_round(cfg: Config, writer: io.StageWriter, rows: list[dict[str, Any]], start: str,
+              relative: str, run: str) -> dict[str, Any]:
+    """DPO (eq. 6) from the model in ``start`` (also the reference) on ``rows`` of
+    ``preference_pairs``; the result is exported to ``relative`` inside the stage."""
     from icebreaker_ray.isg.dpo import dpo_examples, train_dpo
     from icebreaker_ray.isg.sft import losses, training_log
 
+    rows = list(rows)
+    random.Random(cfg.run.seed).shuffle(rows)
+    result = train_dpo(dpo_examples(rows), start, cfg.dpo,
+                       _local_path(writer.path(f"ray-train-{run}")),
+                       f"{cfg.run.name}-{run}", seed=cfg.run.seed)
+    export_to_stage(writer, result, start, relative)
+    loss = losses(training_log(result))
+    return {"pairs": len(rows), "steps": int(result.metrics.get("step", 0)),
+            "first_loss": loss[0] if loss else None, "last_loss": loss[-1] if loss else None}
+
+
+def dpo(cfg: Config, out: str) -> dict[str, Any]:
+    """PMA (eq. 6) from the SFT generator on the mined hierarchical pairs -> ``OUT/dpo/model``;
+    the vanilla SFT+DPO baseline on logged-feedback pairs -> ``OUT/dpo/vanilla-model``."""
     init_ray(cfg)
     writer = io.StageWriter(out, "dpo")
     metrics: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        start = _local_model(io.join(out, "sft", MODEL_DIR), tmp)
+        start = local_model(io.join(out, "sft", MODEL_DIR), tmp)
         for relative, table, run in ((MODEL_DIR, "preference_pairs.parquet", "dpo"),
                                      (VANILLA_DIR, "feedback_pairs.parquet", "dpo-vanilla")):
             rows = io.read_table(io.join(out, "mine", table), "preference_pairs",
@@ -236,15 +251,7 @@ def dpo(cfg: Config, out: str) -> dict[str, Any]:
                 # Too few users with both a clicked and an ignored list: no baseline to train.
                 metrics[run] = {"pairs": 0, "skipped": "no logged-feedback pairs"}
                 continue
-            random.Random(cfg.run.seed).shuffle(rows)
-            result = train_dpo(dpo_examples(rows), start, cfg.dpo,
-                               _local_path(writer.path(f"ray-train-{run}")),
-                               f"{cfg.run.name}-{run}", seed=cfg.run.seed)
-            export_to_stage(writer, result, start, relative)
-            loss = losses(training_log(result))
-            metrics[run] = {"pairs": len(rows), "steps": int(result.metrics.get("step", 0)),
-                            "first_loss": loss[0] if loss else None,
-                            "last_loss": loss[-1] if loss else None}
+            metrics[run] = dpo_round(cfg, writer, rows, start, relative, run)
     from icebreaker_ray.pipeline import get_stage
 
     return writer.commit(fingerprint=get_stage("dpo").fingerprint(cfg), metrics=metrics,

@@ -49,6 +49,36 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+def fit_slice(part: RankerExamples, name: str, cfg: Config, storage_path: str, seed: int):
+    """Train one ranker on ``part`` (minus a held-out fifth of its requests) with Ray Train;
+    return the model and its held-out quality next to the popularity baseline."""
+    held_out = log_slice([f"holdout-{x}" for x in part.request_id], 5) == 0
+    train, test = part.subset(~held_out), part.subset(held_out)
+    if train.clicked.sum() < 2:
+        raise io.DataError(
+            f"impressions: slice '{name}' has {int(train.clicked.sum())} clicks; the ranker "
+            "needs clicked and unclicked impressions (log more days or users)")
+    r = cfg.ranker
+    model, losses = train_ranker_on_ray(
+        train, run_name=f"ranker-{name}", storage_path=storage_path,
+        num_workers=r.num_workers, hidden=r.hidden, depth_weight=r.depth_weight,
+        epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, seed=seed,
+    )
+    p_click = model.click_probability(test.x)
+    util = model.score(test.x)
+    popularity = popularity_scores(train, test)
+    return model, {
+        "train_impressions": len(train), "test_impressions": len(test),
+        "train_clicks": int(train.clicked.sum()), "test_clicks": int(test.clicked.sum()),
+        "loss_first_epoch": losses[0] if losses else None,
+        "loss_last_epoch": losses[-1] if losses else None,
+        "click_auc": auc(test.clicked, p_click),
+        "click_auc_popularity": auc(test.clicked, popularity),
+        "depth_corr": _corr(util, test.depth),
+        "depth_corr_popularity": _corr(popularity, test.depth),
+    }
+
+
 def train_ranker(cfg: Config, out: str) -> dict[str, Any]:
     """Fit the ``util`` and ``eval`` rankers and record their held-out quality."""
     sessions = io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions")
@@ -60,34 +90,11 @@ def train_ranker(cfg: Config, out: str) -> dict[str, Any]:
     init_ray(cfg)
     writer = io.StageWriter(out, "train-ranker")
     metrics: dict[str, Any] = {}
-    r = cfg.ranker
     for name, index in SLICES.items():
-        part = examples.subset(slices == index)
-        held_out = log_slice([f"holdout-{x}" for x in part.request_id], 5) == 0
-        train, test = part.subset(~held_out), part.subset(held_out)
-        if train.clicked.sum() < 2:
-            raise io.DataError(
-                f"impressions: slice '{name}' has {int(train.clicked.sum())} clicks; the ranker "
-                "needs clicked and unclicked impressions (log more days or users)")
-        model, losses = train_ranker_on_ray(
-            train, run_name=f"ranker-{name}", storage_path=writer.path("ray"),
-            num_workers=r.num_workers, hidden=r.hidden, depth_weight=r.depth_weight,
-            epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, seed=cfg.run.seed + index,
-        )
+        model, metrics[name] = fit_slice(examples.subset(slices == index), name, cfg,
+                                         writer.path("ray"), cfg.run.seed + index)
         model.save(writer.path(name))
         writer.add_file(name)
-        p_click = model.click_probability(test.x)
-        util = model.score(test.x)
-        metrics[name] = {
-            "train_impressions": len(train), "test_impressions": len(test),
-            "train_clicks": int(train.clicked.sum()), "test_clicks": int(test.clicked.sum()),
-            "loss_first_epoch": losses[0] if losses else None,
-            "loss_last_epoch": losses[-1] if losses else None,
-            "click_auc": auc(test.clicked, p_click),
-            "click_auc_popularity": auc(test.clicked, popularity_scores(train, test)),
-            "depth_corr": _corr(util, test.depth),
-            "depth_corr_popularity": _corr(popularity_scores(train, test), test.depth),
-        }
     from icebreaker_ray.pipeline import get_stage
 
     writer.write_json("metrics.json", metrics)

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from icebreaker_ray.data.schemas import schema
 from icebreaker_ray.isg.prompts import generator_messages
+from icebreaker_ray.raykit import map_actor_pool
 from icebreaker_ray.search.list_search import ListSearchParams, hybrid_reward_list_search
 
 NEGATIVE_TYPES = ("utility", "diversity", "joint")
@@ -83,35 +84,6 @@ def pairs_for_user(user_id: str, prompt: str, pool: Sequence[str], utility: np.n
 # ----------------------------------------------------------------------------- Ray actors
 
 
-class CandidateSampler:
-    """Ray Data actor holding the generator: batch of users -> candidate pools."""
-
-    def __init__(self, model_dir: str, embedder: str, gen_params, pool_size: int,
-                 teacher_ratio: float, seed: int) -> None:
-        from icebreaker_ray.isg.filters import SafetyFilter
-        from icebreaker_ray.models import TextEncoder, load_generator
-
-        self.model, self.tok = load_generator(model_dir)
-        self.encoder = TextEncoder(embedder)
-        self.params, self.n, self.ratio, self.seed = gen_params, pool_size, teacher_ratio, seed
-        self.safety = SafetyFilter(self.encoder, gen_params.filter_params())
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from icebreaker_ray.isg.generate import generate
-
-        users = batch.column("user_id").to_pylist()
-        interests = batch.column("interests").to_pylist()
-        teacher = batch.column("teacher_starters").to_pylist()
-        seed = self.seed + zlib.crc32("|".join(users).encode()) % 1_000_000
-        results = generate(self.model, self.tok, interests, self.encoder, self.params,
-                           seed=seed, safety=self.safety)
-        pools = []
-        for res, distilled in zip(results, teacher, strict=True):
-            sampled = [s for c in res.candidates for s in c.kept]
-            pools.append(mix_pool(sampled, distilled or [], self.n, self.ratio))
-        return pa.table({"user_id": users, "interests": interests, "starters": pools})
-
-
 class ListSearcher:
     """Ray Data actor holding R_util and the embedder: pools -> preference pairs."""
 
@@ -141,37 +113,30 @@ class ListSearcher:
         return pa.Table.from_pylist(rows, schema=schema("preference_pairs"))
 
 
-def _map(table: pa.Table, actor, kwargs: dict[str, Any], actors: int, batch_size: int,
-         empty: pa.Schema) -> pa.Table:
-    """Ray Data map_batches of ``actor`` over ``table`` on a fixed-size actor pool."""
-    import ray
-
-    # One block per batch (at least one per actor): a small table is otherwise one block,
-    # which keeps all but one actor of the pool idle.
-    n = max(actors, -(-table.num_rows // batch_size), 1)
-    step = max(1, -(-table.num_rows // n))
-    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)] or [table]
-    ds = ray.data.from_arrow(blocks).map_batches(
-        actor, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
-    )
-    parts = [p for p in (ray.get(ref) for ref in ds.to_arrow_refs()) if p.num_rows]
-    return pa.concat_tables(parts) if parts else empty.empty_table()
+def pools_from_lists(lists: pa.Table, requests: pa.Table, cfg) -> pa.Table:
+    """Candidate pools C: each user's sampled valid starters mixed with a share
+    ``search.teacher_mix_ratio`` of their teacher-distilled starters, at most ``search.N``."""
+    teacher = dict(zip(requests.column("user_id").to_pylist(),
+                       requests.column("teacher_starters").to_pylist(), strict=True))
+    interests = dict(zip(requests.column("user_id").to_pylist(),
+                         requests.column("interests").to_pylist(), strict=True))
+    users = lists.column("user_id").to_pylist()
+    pools = [mix_pool(sampled, teacher.get(uid) or [], cfg.search.N, cfg.search.teacher_mix_ratio)
+             for uid, sampled in zip(users, lists.column("sampled").to_pylist(), strict=True)]
+    return pa.table({"user_id": users, "interests": [interests[u] for u in users], "starters": pools},
+                    schema=POOL_SCHEMA)
 
 
 def sample_candidates(requests: pa.Table, model_dir: str, cfg, gen_params) -> pa.Table:
     """``requests`` (user_id, interests, teacher_starters) -> pools (user_id, interests, starters)."""
-    out = _map(requests, CandidateSampler,
-               dict(model_dir=model_dir, embedder=cfg.models.embedder, gen_params=gen_params,
-                    pool_size=cfg.search.N, teacher_ratio=cfg.search.teacher_mix_ratio,
-                    seed=cfg.run.seed),
-               cfg.search.num_actors, cfg.generation.batch_size, POOL_SCHEMA)
-    return out.sort_by("user_id")
+    from icebreaker_ray.isg.batch import generate_lists
+
+    return pools_from_lists(generate_lists(requests, model_dir, cfg, gen_params), requests, cfg)
 
 
 def search_pairs(pools: pa.Table, ranker_dir: str, sessions: pa.Table, users: pa.Table, cfg,
                  round_: int, negatives: Sequence[str] = NEGATIVE_TYPES) -> pa.Table:
-    out = _map(pools, ListSearcher,
+    out = map_actor_pool(pools, ListSearcher,
                dict(ranker_dir=ranker_dir, sessions=sessions, users=users,
                     embedder=cfg.models.embedder, params=search_params(cfg), round_=round_,
                     seed=cfg.run.seed, k=cfg.generation.K, max_chars=cfg.filter.max_chars,

@@ -1,0 +1,281 @@
+"""The evaluation report: markdown tables shaped like the paper's and the figures.
+
+    write_report(writer, results, cfg)   # -> report.md, topics.png, frontier.png, ab-lifts.png, rounds.png
+
+``results`` is the dict the ``evaluate`` stage writes to ``metrics.json``; every number
+in the report comes from it.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from icebreaker_ray.config import Config
+from icebreaker_ray.data import io
+
+FIGURES = ("topics.png", "frontier.png", "ab-lifts.png", "rounds.png")
+REQUIRED_SECTIONS = ("Table 1", "Table 2", "Table 6", "Table 7", "Table 9", "Self-reinforced rounds",
+                     "Examples", "Stage times")
+
+
+def _f(x: Any, digits: int = 3, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{100 * x:.1f}%" if pct else f"{x:.{digits}f}"
+
+
+def _lift(row: Mapping[str, Any] | None) -> str:
+    if not row:
+        return "–"
+    return (f"{100 * row['lift']:+.1f}% [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] "
+            f"p={row['p_value']:.3f}")
+
+
+def _quality_table(rows: Mapping[str, Mapping[str, Any]], first: str) -> str:
+    head = (f"| {first} | R-User (f) | R-Score (f) | R-User (oracle) | R-Score (oracle) | f − oracle gap "
+            "| oracle P(click) | lexical div. | semantic div. | format pass | full K lists |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for name, r in rows.items():
+        if "skipped" in r:
+            lines.append(f"| {name} | {r['skipped']} |" + " |" * 10)
+            continue
+        lines.append(
+            f"| {name} | {_f(r['r_user_f'], pct=True)} | {_f(r['r_score_f'], pct=True)} "
+            f"| {_f(r['r_user_oracle'], pct=True)} | {_f(r['r_score_oracle'], pct=True)} "
+            f"| {_f(r['hacking_gap'], pct=True)} | {_f(r['mean_oracle_ctr'], pct=True)} "
+            f"| {_f(r['lexical_diversity'], 2)} "
+            f"| {_f(r['semantic_diversity'], 2)} | {_f(r.get('format_pass_rate'), pct=True)} "
+            f"| {_f(r['full_lists'], pct=True)} |")
+    return "\n".join(lines)
+
+
+def _ab_table(table2: Mapping[str, Mapping[str, Any]]) -> str:
+    from icebreaker_ray.eval.stage import AB_METRICS
+
+    head = "| arm | " + " | ".join(label for _, label in AB_METRICS) + " |\n|---|" + "---|" * len(AB_METRICS)
+    values = [head]
+    for name, row in table2.items():
+        m = row["metrics"]
+        values.append(f"| {name} | {_f(m.get('active_days'), 2)} | {_f(m.get('avg_sessions'), 2)} "
+                      f"| {_f(m.get('ctr'), pct=True)} | {_f(m.get('csr'), pct=True)} |")
+    lifts = ["| vs baseline | " + " | ".join(label for _, label in AB_METRICS) + " |\n|---|" + "---|" * len(AB_METRICS)]
+    for name, row in table2.items():
+        if "lifts" in row:
+            lifts.append(f"| {name} | " + " | ".join(_lift(row["lifts"].get(k)) for k, _ in AB_METRICS) + " |")
+    return "\n".join(values) + "\n\nRelative lift, 95% bootstrap interval, permutation p-value:\n\n" + "\n".join(lifts)
+
+
+def _rounds_table(rounds: list[Mapping[str, Any]]) -> str:
+    if not rounds:
+        return "No self-reinforced rounds ran."
+    lines = ["| round | users | CTR of the deployed generator | CTR of the baseline (other users) "
+             "| refit ranker click AUC | pairs mined | DPO loss first → last | format pass |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        dpo = r.get("dpo", {})
+        lines.append(
+            f"| {r['round']} | {r['users']} | {_f(r.get('deployed_ctr'), pct=True)} "
+            f"| {_f(r.get('baseline_ctr'), pct=True)} | {_f(r.get('ranker', {}).get('click_auc'))} "
+            f"| {r.get('mining', {}).get('pairs', '–')} | {_f(dpo.get('first_loss'))} → {_f(dpo.get('last_loss'))} "
+            f"| {_f(r.get('format_pass_rate'), pct=True)} |")
+    return "\n".join(lines)
+
+
+def _examples(examples: list[Mapping[str, Any]]) -> str:
+    blocks = []
+    for ex in examples:
+        def bullets(items):
+            return "<br>".join(str(x).replace("|", "/") for x in items) or "–"
+
+        blocks.append(f"| {ex['user_id']} | {bullets(ex['summaries'])} | {bullets(ex['trigger_interests'])} "
+                      f"| {bullets(ex['baseline'])} | {bullets(ex['generated'])} |")
+    if not blocks:
+        return "No generated lists to show."
+    return ("| user | recent summaries | trigger interests I* | baseline starters (R_u) | ICEBREAKER starters |\n"
+            "|---|---|---|---|---|\n" + "\n".join(blocks))
+
+
+def render_markdown(results: Mapping[str, Any], cfg: Config) -> str:
+    c = results["config"]
+    t1 = results["table1"]
+    stages = results.get("stages", {})
+    stage_rows = "\n".join(f"| {k} | {v:.0f} |" for k, v in stages.items())
+    total = sum(stages.values())
+    t9 = results.get("table9")
+    return f"""# ICEBREAKER evaluation report
+
+Run `{cfg.run.name}`, seed {cfg.run.seed}. Held-out users: a {100 * c['holdout_fraction']:.0f}% slice never
+mined, trained on or shown a generated list before this test; K = {c['K']};
+{c['num_candidates']} sampled list(s) per user and method, the first that passes the filter is
+the user's list. "f" is the evaluation ranker (trained on a slice of logs the optimized
+ranker never saw); "oracle" is the simulator's true click probability of the list as shown.
+R-User = share of users whose list beats the retrieval baseline's; R-Score = mean relative
+gain over it (eq. 9, 10); a mean of per-user ratios, so a few users with a tiny baseline
+score move it a lot. "Oracle P(click)" is the mean true probability that the user clicks
+any starter of their list: the plainest utility figure. The f − oracle gap is how much the
+learned grader over-rates a method (reward hacking shows up as a large positive gap).
+
+## Table 1: offline comparison (held-out users)
+
+{_quality_table(t1, "method")}
+
+![utility-diversity frontier](frontier.png)
+
+## Table 2: simulated online A/B test ({c['ab_days']} days, same users and random streams per arm)
+
+{_ab_table(results['table2']) if results['table2'] else
+ "Not run: the A/B test needs the simulated world (`data.source: sim`)."}
+
+![A/B lifts](ab-lifts.png)
+
+## Table 6: distillation strategy (final generator, different prompt inputs)
+
+{_quality_table(results['table6'], "interests in the prompt")}
+
+## Table 7: generator along the rounds (same users and prompts)
+
+{_quality_table(results['table7'], "generator")}
+
+![per-round curves](rounds.png)
+
+## Table 9: negative sampling (DPO from SFT on one negative type vs all)
+
+{_quality_table(t9, "pairs") if t9 else "Not run (eval.negative_ablation is false)."}
+
+## Self-reinforced rounds
+
+{_rounds_table(results.get('rounds', []))}
+
+## Topic distribution (Fig. 3 analogue)
+
+From raw summaries to trigger interests to generated starters, by the topic classifier
+(train accuracy on catalog phrasing {_f(results.get('topic_classifier_train_accuracy'), pct=True)}).
+
+![topic distribution](topics.png)
+
+## Examples
+
+{_examples(results.get('examples', []))}
+
+## Stage times
+
+| stage | seconds |
+|---|---|
+{stage_rows}
+| total | {total:.0f} |
+"""
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = _io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def topics_figure(topics: Mapping[str, Mapping[str, float]]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    cats = sorted({c for shares in topics.values() for c in shares},
+                  key=lambda c: -topics.get("summaries", {}).get(c, 0.0))
+    fig, ax = plt.subplots(figsize=(11, 6))
+    y = np.arange(len(cats))
+    width = 0.8 / max(len(topics), 1)
+    for i, (label, shares) in enumerate(topics.items()):
+        ax.barh(y + i * width, [shares.get(c, 0.0) for c in cats], width, label=label)
+    ax.set_yticks(y + width * (len(topics) - 1) / 2, cats, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("share")
+    ax.set_title("Topics: raw summaries → trigger interests → generated starters")
+    ax.legend()
+    return _png(fig)
+
+
+def frontier_figure(results: Mapping[str, Any]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    groups = [("Table 1", results["table1"], "o"), ("rounds", results["table7"], "s"),
+              ("distillation", results["table6"], "^")]
+    if results.get("table9"):
+        groups.append(("negatives", results["table9"], "D"))
+    for ax, key, title in ((axes[0], "r_score_oracle", "oracle"), (axes[1], "r_score_f", "ranker f")):
+        for group, rows, marker in groups:
+            pts = [(name, r) for name, r in rows.items() if "skipped" not in r]
+            ax.scatter([r["semantic_diversity"] for _, r in pts], [100 * r[key] for _, r in pts],
+                       marker=marker, label=group, s=50)
+            for name, r in pts:
+                ax.annotate(name, (r["semantic_diversity"], 100 * r[key]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("semantic diversity (distinct categories per list)")
+        ax.set_ylabel(f"R-Score under the {title} (%)")
+        ax.set_title(f"Utility vs diversity ({title})")
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def ab_figure(table2: Mapping[str, Mapping[str, Any]]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    from icebreaker_ray.eval.stage import AB_METRICS
+
+    arms = [name for name, row in table2.items() if "lifts" in row]
+    fig, axes = plt.subplots(1, len(AB_METRICS), figsize=(14, 4), sharey=False)
+    for ax, (key, label) in zip(axes, AB_METRICS, strict=True):
+        if not arms:
+            ax.text(0.5, 0.5, "no A/B test", ha="center", va="center")
+            continue
+        lifts = [table2[a]["lifts"][key] for a in arms]
+        mid = np.array([100 * x["lift"] for x in lifts])
+        err = np.array([[100 * (x["lift"] - x["ci_low"]) for x in lifts],
+                        [100 * (x["ci_high"] - x["lift"]) for x in lifts]])
+        ax.errorbar(np.arange(len(arms)), mid, yerr=np.nan_to_num(err), fmt="o", capsize=4)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xticks(np.arange(len(arms)), arms, rotation=30, ha="right", fontsize=8)
+        ax.set_title(label)
+        ax.set_ylabel("lift vs baseline (%)")
+    return _png(fig)
+
+
+def rounds_figure(table7: Mapping[str, Mapping[str, Any]]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    labels = list(table7)
+    x = np.arange(len(labels))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, name in (("r_score_oracle", "R-Score (oracle)"), ("r_score_f", "R-Score (f)")):
+        axes[0].plot(x, [100 * table7[k].get(key, np.nan) for k in labels], "o-", label=name)
+    axes[0].set_ylabel("%")
+    axes[0].legend()
+    axes[0].set_title("Utility along the rounds")
+    for key, name in (("lexical_diversity", "lexical"), ("semantic_diversity", "semantic")):
+        axes[1].plot(x, [table7[k].get(key, np.nan) for k in labels], "o-", label=name)
+    axes[1].legend()
+    axes[1].set_title("Diversity along the rounds")
+    for ax in axes:
+        ax.set_xticks(x, labels)
+    return _png(fig)
+
+
+def write_report(writer: io.StageWriter, results: Mapping[str, Any], cfg: Config) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    writer.write_bytes("report.md", render_markdown(results, cfg).encode())
+    writer.write_bytes("topics.png", topics_figure(results["topics"]))
+    writer.write_bytes("frontier.png", frontier_figure(results))
+    writer.write_bytes("ab-lifts.png", ab_figure(results["table2"]))
+    writer.write_bytes("rounds.png", rounds_figure(results["table7"]))

@@ -1,0 +1,436 @@
+"""The ``evaluate`` stage: offline metrics, ablations, the simulated A/B test, the report.
+
+    icebreaker evaluate --config configs/local-cpu.yaml --out runs/demo
+
+On held-out users (``eval.holdout_fraction``: never mined, never trained on, never shown
+a generated list during the self-reinforced rounds), every method generates one filtered
+list per user through Ray Data (``isg.batch.generate_lists``):
+
+| method | model | prompt input |
+|---|---|---|
+| PE | base generator | the user's most recent raw summaries |
+| PE+RID | base generator | trigger interests I* |
+| SFT | ``sft/model`` | I* |
+| SFT+DPO | ``dpo/vanilla-model`` (pairs from logged clicks only) | I* |
+| ICEBREAKER | the last self-reinforced round | I* |
+
+and is compared with the deployed retrieval baseline R_u on the same users:
+R-User (eq. 9) and R-Score (eq. 10) under the evaluation ranker f (``train-ranker/eval``,
+trained on a slice of logs the optimized ranker never saw) and under the simulator's
+true click probability; lexical and semantic diversity; the format pass rate. A slot the
+generator could not fill scores 0. Ablations: distillation strategy (Table 6), round
+(Table 7), negative type (Table 9, ``eval.negative_ablation``). The A/B test (Table 2)
+continues the world from where the logs end with one arm per method.
+
+Writes ``OUT/evaluate/``: ``metrics.json``, ``report.md``, PNG figures, ``lists.json``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from icebreaker_ray.config import Config
+from icebreaker_ray.data import io
+from icebreaker_ray.data.splits import is_holdout
+from icebreaker_ray.eval import metrics as M
+from icebreaker_ray.eval.topics import TopicClassifier
+from icebreaker_ray.isg.batch import complete_share, generate_lists
+from icebreaker_ray.isg.generate import GenerationParams
+from icebreaker_ray.isg.stage import MODEL_DIR, VANILLA_DIR, dpo_round, local_model
+from icebreaker_ray.models import TextEncoder, resolve_generator
+from icebreaker_ray.raykit import init_ray, node_id
+from icebreaker_ray.search.iterate import final_model, round_models
+from icebreaker_ray.search.stage import trigger_interests
+from icebreaker_ray.sim.catalog import load_catalog
+from icebreaker_ray.sim.policy import RetrievalPolicy, generic_starters, starter_pool
+from icebreaker_ray.sim.rollout import (
+    WorldState,
+    ab_test,
+    load_state,
+    oracle_click_probabilities,
+    restrict,
+)
+
+AB_METRICS = (("active_days", "Active days"), ("avg_sessions", "Sessions / user"),
+              ("ctr", "CTR"), ("csr", "Conversation start rate"))
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def eval_users(interests: Mapping[str, Sequence[str]], cfg: Config, cap: int | None,
+               salt: int = 0) -> list[str]:
+    """Held-out users with trigger interests, at most ``cap`` (a seeded sample)."""
+    users = sorted(u for u in interests if is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed))
+    if cap is not None and len(users) > cap:
+        rng = np.random.default_rng([cfg.run.seed, 7919, salt])
+        users = sorted(rng.choice(users, cap, replace=False).tolist())
+    return users
+
+
+def histories(sessions: pa.Table) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+    """Each user's summaries in time order (what the logs say they talked about) and the
+    day (fractional, since the epoch) of each."""
+    order = sessions.sort_by([("user_id", "ascending"), ("ts", "ascending"), ("session_id", "ascending")])
+    texts: dict[str, list[str]] = defaultdict(list)
+    days: dict[str, list[float]] = defaultdict(list)
+    ts = order.column("ts").cast(pa.int64()).to_numpy() / 86_400_000.0
+    for uid, summary, day in zip(order.column("user_id").to_pylist(), order.column("summary").to_pylist(),
+                                 ts, strict=True):
+        texts[uid].append(summary)
+        days[uid].append(float(day))
+    return texts, days
+
+
+def logged_tables(out: str) -> tuple[pa.Table, pa.Table]:
+    """Sessions and impressions logged so far: the simulated logs plus every round's."""
+    sessions = [io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions")]
+    impressions = [io.read_table(io.table_uri(out, "simulate", "impressions"), "impressions")]
+    manifest = io.read_manifest(out, "iterate") or {}
+    for name in manifest.get("files", []):
+        if name.endswith("/sessions.parquet"):
+            sessions.append(io.read_table(io.join(out, "iterate", name), "sessions"))
+        elif name.endswith("/impressions.parquet"):
+            impressions.append(io.read_table(io.join(out, "iterate", name), "impressions"))
+    return pa.concat_tables(sessions), pa.concat_tables(impressions)
+
+
+def latest_state(out: str, cfg: Config) -> WorldState:
+    manifest = io.read_manifest(out, "iterate") or {}
+    rounds = manifest.get("metrics", {}).get("rounds", [])
+    deployed = [r for r in rounds if "day_end" in r]
+    return load_state(out, cfg, f"round-{deployed[-1]['round']}" if deployed else None)
+
+
+def _requests(users: Sequence[str], inputs: Mapping[str, Sequence[str]]) -> pa.Table:
+    return pa.table({"user_id": list(users), "interests": [list(inputs[u]) for u in users]},
+                    schema=pa.schema([("user_id", pa.string()), ("interests", pa.list_(pa.string()))]))
+
+
+def as_dict(lists: pa.Table, column: str = "starters") -> dict[str, list]:
+    return dict(zip(lists.column("user_id").to_pylist(), lists.column(column).to_pylist(), strict=True))
+
+
+# ----------------------------------------------------------------------------- grading
+
+
+class Grader:
+    """Scores lists for the offline metrics: the evaluation ranker f and the oracle."""
+
+    def __init__(self, out: str, cfg: Config, state: WorldState | None, sessions: pa.Table,
+                 users: pa.Table, encoder: TextEncoder) -> None:
+        from icebreaker_ray.reward.ranker import UserFeaturizer, UtilityRanker
+
+        self.k = cfg.generation.K
+        self.encoder, self.state = encoder, state
+        self.f = UtilityRanker.load(io.join(out, "train-ranker", "eval"))
+        self.features = UserFeaturizer(sessions, users, encoder)
+        self.topics = TopicClassifier.fit(load_catalog(), encoder, seed=cfg.run.seed)
+
+    def _pad(self, scores: np.ndarray) -> np.ndarray:
+        """Per-slot scores of a K-list; slots left empty score 0."""
+        out = np.zeros(self.k)
+        out[: min(len(scores), self.k)] = scores[: self.k]
+        return out
+
+    def f_scores(self, lists: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
+        result = {}
+        for uid, starters in lists.items():
+            if starters:
+                emb = self.encoder(list(starters))
+                result[uid] = self._pad(self.f.score(self.features.pair_features([uid] * len(starters), emb)))
+            else:
+                result[uid] = np.zeros(self.k)
+        return result
+
+    def oracle_scores(self, lists: Mapping[str, Sequence[str]]) -> dict[str, np.ndarray]:
+        if self.state is None:
+            return {u: np.full(self.k, np.nan) for u in lists}
+        probs = oracle_click_probabilities(self.state, {u: s for u, s in lists.items() if s})
+        return {u: self._pad(probs.get(u, np.zeros(0))) for u in lists}
+
+    def grade(self, lists: Mapping[str, Sequence[str]], base: Mapping[str, Sequence[str]],
+              base_f: Mapping[str, np.ndarray], base_oracle: Mapping[str, np.ndarray],
+              corpus: Sequence[str]) -> dict[str, float]:
+        users = sorted(lists)
+        f, o = self.f_scores(lists), self.oracle_scores(lists)
+        gf, bf = [f[u] for u in users], [base_f[u] for u in users]
+        go, bo = [o[u] for u in users], [base_oracle[u] for u in users]
+        r_score_f = M.r_score(gf, bf)
+        graded = self.state is not None
+        r_score_o = M.r_score(go, bo) if graded else float("nan")
+        starters = [list(lists[u]) for u in users]
+        return {
+            "users": len(users),
+            "r_user_f": M.r_user(gf, bf), "r_score_f": r_score_f,
+            "r_user_oracle": M.r_user(go, bo) if graded else float("nan"), "r_score_oracle": r_score_o,
+            "hacking_gap": r_score_f - r_score_o,
+            "mean_f": float(np.mean([x.mean() for x in gf])),
+            "mean_oracle_ctr": float(np.mean([x.sum() for x in go])),
+            "lexical_diversity": M.lexical_diversity(starters, corpus=corpus),
+            "semantic_diversity": M.semantic_diversity(self.topics.categories_per_list(starters)),
+            "full_lists": float(np.mean([len(s) >= self.k for s in starters])),
+        }
+
+
+# ----------------------------------------------------------------------------- the A/B test
+
+
+def _aligned(per_user: dict[str, np.ndarray], users: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-user online aggregates on a fixed user order (0 for a user who never came)."""
+    index = {u: i for i, u in enumerate(per_user["user_id"])}
+    out = {}
+    for key in ("active_days", "sessions", "shown", "clicked", "started"):
+        values = np.zeros(len(users))
+        for j, u in enumerate(users):
+            if u in index:
+                values[j] = float(per_user[key][index[u]])
+        out[key] = values
+    return out
+
+
+def ab_lifts(logs: Mapping[str, Any], control: str, horizon: tuple[int, int], n_boot: int,
+             seed: int) -> dict[str, dict[str, Any]]:
+    """Each arm vs ``control``: metric values, relative lift, 95% CI and p-value."""
+    per_arm = {name: M.online_per_user(log.events, horizon=horizon) for name, log in logs.items()}
+    users = sorted(set().union(*(set(p["user_id"].tolist()) for p in per_arm.values())))
+    aligned = {name: _aligned(p, users) for name, p in per_arm.items()}
+    a = aligned[control]
+    result: dict[str, dict[str, Any]] = {}
+    for name, b in aligned.items():
+        row: dict[str, Any] = {"metrics": logs[name].metrics, "users": len(users)}
+        if name != control:
+            lifts = {
+                "active_days": M.bootstrap_relative_lift(a["active_days"], b["active_days"], n_boot, seed),
+                "avg_sessions": M.bootstrap_relative_lift(a["sessions"], b["sessions"], n_boot, seed),
+                "ctr": M.bootstrap_relative_lift(a["clicked"], b["clicked"], n_boot, seed,
+                                                 ratio_of_sums=(a["shown"], b["shown"])),
+                "csr": M.bootstrap_relative_lift(a["started"], b["started"], n_boot, seed),
+            }
+            row["lifts"] = {k: vars(v) for k, v in lifts.items()}
+        result[name] = row
+    return result
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+class Evaluation:
+    """Generates and grades lists for one run. Lists are cached by (model, prompt input):
+    an ablation row that is also a Table 1 method reuses its lists on the same users."""
+
+    def __init__(self, cfg: Config, out: str, tmp: str) -> None:
+        self.cfg, self.out, self.tmp = cfg, out, tmp
+        self.encoder = TextEncoder(cfg.models.embedder)
+        self.sessions, _ = logged_tables(out)
+        self.users_table = io.read_table(io.table_uri(out, "simulate", "users"), "users")
+        self.history, self.history_days = histories(self.sessions)
+        self.interests = trigger_interests(out)
+        # Your own logs have no world behind them: no oracle grades and no A/B test.
+        self.state = latest_state(out, cfg) if cfg.data.source == "sim" else None
+        self.grader = Grader(out, cfg, self.state, self.sessions, self.users_table, self.encoder)
+        self.params = GenerationParams(**{**vars(GenerationParams.from_config(cfg)),
+                                          "num_candidates": cfg.eval.num_candidates})
+        self.base_model = resolve_generator(cfg.models.generator, cfg.models.cache_dir)
+        self._models: dict[str, str] = {}
+        self._lists: dict[tuple[str, str], pa.Table] = {}
+
+    def recent(self, uid: str) -> list[str]:
+        return self.history[uid][-self.cfg.eval.pe_summaries:]
+
+    def rule_interests(self, uid: str) -> list[str]:
+        """Rule-based distillation (frequency + recency, App. C.1): the top summaries."""
+        from icebreaker_ray.rid import gating
+
+        texts, g = self.history[uid], self.cfg.gating
+        scores = gating.rule_based_scores(np.zeros(len(texts)), np.asarray(self.history_days[uid]),
+                                          self.encoder(texts), self.cfg.judge.threshold,
+                                          g.rule_half_life_days, g.rule_recency_weight)
+        ranked = [texts[i] for i in np.argsort(-scores, kind="stable")]
+        return list(dict.fromkeys(ranked))[: g.max_interests]
+
+    def prompt_input(self, source: str, uid: str) -> list[str]:
+        if source == "recent":
+            return self.recent(uid)
+        if source == "rule":
+            return self.rule_interests(uid)
+        return list(self.interests[uid])
+
+    def model(self, uri: str) -> str:
+        """A local directory for the model at ``uri`` (copied once when it is remote)."""
+        if uri not in self._models:
+            self._models[uri] = local_model(uri, tempfile.mkdtemp(dir=self.tmp))
+        return self._models[uri]
+
+    def generate(self, uri: str, source: str, users: Sequence[str]) -> pa.Table:
+        """One list per user from the model at ``uri`` prompted with ``source``."""
+        key = (uri, source)
+        cached = self._lists.get(key)
+        if cached is None or not set(users) <= set(cached.column("user_id").to_pylist()):
+            requests = _requests(users, {u: self.prompt_input(source, u) for u in users})
+            model = uri if uri == self.base_model else self.model(uri)
+            cached = generate_lists(requests, model, self.cfg, self.params)
+            self._lists[key] = cached
+        return restrict(cached, users)
+
+    def baseline(self, users: Sequence[str]) -> dict[str, list[str]]:
+        """R_u: the deployed retrieval policy's list for each user on the evaluation day."""
+        catalog = load_catalog()
+        policy = RetrievalPolicy(starter_pool(catalog, self.cfg.run.seed), self.encoder,
+                                 k=self.cfg.generation.K, seed=self.cfg.run.seed,
+                                 cold_start=generic_starters(catalog))
+        slates = policy(list(users), self.history, self.state.day if self.state else 0)
+        return {u: s.starters for u, s in zip(users, slates, strict=True)}
+
+    def grade(self, table: pa.Table, base, base_f, base_o, corpus) -> dict[str, Any]:
+        lists = as_dict(table)
+        return {**self.grader.grade(lists, {u: base[u] for u in lists}, base_f, base_o, corpus),
+                "format_pass_rate": complete_share(table),
+                "ok_share": float(np.mean([r == "ok" for r in table.column("reason").to_pylist()]))}
+
+
+def _method_specs(ev: Evaluation, out: str) -> list[tuple[str, str | None, str]]:
+    """(method, model uri, prompt input) for the methods of Table 1 that exist in this run."""
+    vanilla = io.join(out, "dpo", VANILLA_DIR)
+    specs = [("PE", ev.base_model, "recent"), ("PE+RID", ev.base_model, "interests"),
+             ("SFT", io.join(out, "sft", MODEL_DIR), "interests"),
+             ("SFT+DPO", vanilla if io.exists(vanilla) else None, "interests"),
+             ("ICEBREAKER", final_model(out), "interests")]
+    return specs
+
+
+def evaluate(cfg: Config, out: str) -> dict[str, Any]:
+    from icebreaker_ray.eval.report import write_report
+
+    init_ray(cfg)
+    writer = io.StageWriter(out, "evaluate")
+    e = cfg.eval
+    results: dict[str, Any] = {"config": {"holdout_fraction": e.holdout_fraction, "ab_days": e.ab_days,
+                                          "num_candidates": e.num_candidates, "K": cfg.generation.K}}
+    with tempfile.TemporaryDirectory() as tmp:
+        ev = Evaluation(cfg, out, tmp)
+        users = eval_users(ev.interests, cfg, e.max_users)
+        if not users:
+            raise io.DataError("evaluate: no held-out users with trigger interests "
+                               "(raise eval.holdout_fraction or simulate more users)")
+        base = ev.baseline(users)
+        base_f, base_o = ev.grader.f_scores(base), ev.grader.oracle_scores(base)
+
+        # Table 1: every method on the held-out users.
+        tables: dict[str, pa.Table] = {}
+        for name, uri, source in _method_specs(ev, out):
+            if uri is None:
+                results.setdefault("skipped", {})[name] = "no model (e.g. no logged-feedback pairs)"
+                continue
+            tables[name] = ev.generate(uri, source, users)
+        corpus = [s for t in tables.values() for x in t.column("starters").to_pylist() for s in x] + \
+                 [s for v in base.values() for s in v]
+        table1 = {"R_u (retrieval)": ev.grader.grade(base, base, base_f, base_o, corpus)}
+        for name, table in tables.items():
+            table1[name] = ev.grade(table, base, base_f, base_o, corpus)
+        results["table1"] = table1
+
+        # Ablations (Tables 6, 7, 9) on a seeded subset of the same users.
+        ab_users = users
+        if e.ablation_users and len(users) > e.ablation_users:
+            rng = np.random.default_rng([cfg.run.seed, 1])
+            ab_users = sorted(rng.choice(users, e.ablation_users, replace=False).tolist())
+        grade = lambda uri, source: ev.grade(ev.generate(uri, source, ab_users),  # noqa: E731
+                                             base, base_f, base_o, corpus)
+        final = final_model(out)
+        results["table6"] = {label: grade(final, source) for label, source in (
+            ("None (recent summaries)", "recent"), ("Rule-based", "rule"), ("RID", "interests"))}
+        results["table7"] = {label: grade(uri, "interests") for label, uri in round_models(out)}
+        if e.negative_ablation:
+            results["table9"] = _negative_ablation(ev, writer, out, grade)
+
+        # Table 2: the simulated A/B test, every method against the deployed baseline.
+        arms: dict[str, dict[str, list[list[str]]] | None] = {"baseline": None}
+        for name, t in tables.items():
+            arms[name] = {u: [s, *alts] for u, s, alts in zip(
+                t.column("user_id").to_pylist(), t.column("starters").to_pylist(),
+                t.column("alternatives").to_pylist(), strict=True)}
+        results["table2"] = {}
+        if ev.state is not None:
+            logs = ab_test(ev.state, cfg, arms, users, e.ab_days)
+            horizon = (ev.state.day, ev.state.day + e.ab_days)
+            results["table2"] = ab_lifts(logs, "baseline", horizon, e.n_boot, cfg.run.seed)
+
+        # What the report shows beside the tables.
+        results["topics"] = _topic_shares(ev, users, tables["ICEBREAKER"])
+        results["examples"] = _examples(ev, users, base, as_dict(tables["ICEBREAKER"]), e.examples)
+        results["rounds"] = (io.read_manifest(out, "iterate") or {}).get("metrics", {}).get("rounds", [])
+        results["stages"] = _stage_times(out)
+        results["topic_classifier_train_accuracy"] = ev.grader.topics.train_accuracy
+        writer.write_json("lists.json", {k: as_dict(t) for k, t in tables.items()})
+    writer.write_json("metrics.json", results)
+    write_report(writer, results, cfg)
+    from icebreaker_ray.pipeline import get_stage
+
+    summary = {name: {k: row[k] for k in ("r_user_f", "r_score_f", "r_user_oracle", "r_score_oracle")}
+               for name, row in results["table1"].items()}
+    return writer.commit(fingerprint=get_stage("evaluate").fingerprint(cfg), metrics=summary,
+                         node_ids=[node_id()])
+
+
+# ----------------------------------------------------------------------------- ablations
+
+
+def _negative_ablation(ev: Evaluation, writer: io.StageWriter, out: str, grade) -> dict[str, Any]:
+    """Table 9 analogue: DPO from the SFT model on the round-0 pairs of one negative type,
+    against the hierarchical mix (the ``dpo`` stage's model); same steps and beta."""
+    pairs = io.read_table(io.table_uri(out, "mine", "preference_pairs"), "preference_pairs",
+                          allow_empty=True).to_pylist()
+    sft = ev.model(io.join(out, "sft", MODEL_DIR))
+    rows: dict[str, Any] = {}
+    for kind in ("utility", "diversity", "joint"):
+        subset = [p for p in pairs if p["negative_type"] == kind]
+        if not subset:
+            rows[f"{kind} only"] = {"skipped": f"no {kind} negatives were mined"}
+            continue
+        relative = f"ablation/{kind}"
+        dpo_round(ev.cfg, writer, subset, sft, relative, f"ablation-{kind}")
+        rows[f"{kind} only"] = {**grade(writer.path(relative), "interests"), "pairs": len(subset)}
+    rows["hierarchical"] = {**grade(io.join(out, "dpo", MODEL_DIR), "interests"), "pairs": len(pairs)}
+    return rows
+
+
+# ----------------------------------------------------------------------------- report inputs
+
+
+def _topic_shares(ev: Evaluation, users: Sequence[str], final: pa.Table) -> dict[str, dict[str, float]]:
+    """Fig. 3 analogue: category shares of raw summaries -> trigger interests -> starters."""
+    def shares(texts: list[str]) -> dict[str, float]:
+        counts: dict[str, int] = defaultdict(int)
+        labels = ev.grader.topics.predict(texts)
+        for label in labels:
+            counts[label] += 1
+        return {k: v / max(len(labels), 1) for k, v in sorted(counts.items())}
+
+    return {"summaries": shares([s for u in users for s in ev.history[u]]),
+            "trigger interests": shares([s for u in users for s in ev.interests[u]]),
+            "ICEBREAKER starters": shares([s for x in final.column("starters").to_pylist() for s in x])}
+
+
+def _examples(ev: Evaluation, users, base, generated, n: int) -> list[dict[str, Any]]:
+    picked = [u for u in users if generated.get(u)][:n]
+    return [{"user_id": u, "summaries": ev.recent(u)[-5:], "trigger_interests": ev.interests[u],
+             "baseline": base[u], "generated": generated[u]} for u in picked]
+
+
+def _stage_times(out: str) -> dict[str, float]:
+    from icebreaker_ray.pipeline import STAGES
+
+    times = {}
+    for stage in STAGES:
+        m = io.read_manifest(out, stage.name)
+        if m and m.get("duration_s") is not None:
+            times[stage.name] = float(m["duration_s"])
+    return times
+

@@ -1,0 +1,422 @@
+"""The per-request work of the server, as plain classes (the Serve deployments wrap them).
+
+    distiller = InterestDistillerCore(cfg, art)       # I* for one user (paper §2.2, eq. 4)
+    d = distiller.distill("u0000003", summaries=None)
+    sampler = BatchSampler(model, tok, params, num_candidates=8)
+    [texts] = sampler.run([GenJob(d.interests, k=4)])  # N sampled lists per job, one generate()
+    selector = ListSelectorCore(cfg, art)
+    picks = selector.select("u0000003", d.history, d.interests, texts, k=4)
+
+* :class:`InterestDistillerCore` reproduces the ``distill-interests`` path for one user:
+  embed the summaries, score them with the resonance scorer s_phi, keep those above the
+  threshold tau_b of the user's activity bucket, best ``gating.max_interests`` first.
+  Without a scorer in the run, it falls back to the most recent
+  ``generation.max_summaries`` summaries (the PE input). No history at all: cold start.
+* :class:`BatchSampler` samples the candidate lists of several requests in one
+  ``model.generate`` call and reports progress per step, so a streaming request sees each
+  starter as soon as the model has finished writing it.
+* :class:`ListSelectorCore` parses the candidates, applies the same rule/safety filter
+  as training (:class:`~icebreaker_ray.isg.filters.SafetyFilter`), scores the survivors
+  with the utility ranker R_util (relevance to I* when the run has no ranker) and picks
+  K greedily by R_util + lambda * marginal diversity gain (eq. 8). When fewer than K
+  valid starters were generated, the cold-start list fills the rest, so an answer always
+  has K filtered starters. The cold-start list is the run's most clicked logged starters
+  (popular), ordered greedily by popularity + lambda * marginal diversity (diverse);
+  without logs it is the catalog's generic starters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from transformers.generation.streamers import BaseStreamer
+
+from icebreaker_ray.config import Config
+from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
+from icebreaker_ray.isg.generate import GenerationParams
+from icebreaker_ray.isg.parse import parse_starters
+from icebreaker_ray.isg.prompts import generator_messages
+from icebreaker_ray.reward.diversity import marginal_diversity_gains
+from icebreaker_ray.rid import gating, scorer
+from icebreaker_ray.rid.judge import clean_summary
+from icebreaker_ray.serve.artifacts import Artifacts
+
+log = logging.getLogger(__name__)
+
+#: Starters a SafetyFilter keeps from one request's pooled candidates (it caps at ``k``).
+POOL_CAP = 256
+#: Cold-start list length kept ready: enough to fill any K (<= 10) around generated ones.
+COLD_START_SIZE = 32
+#: Window of recent summaries the ranker's E_user averages (UserFeaturizer default).
+RANKER_WINDOW = 20
+ANONYMOUS = "anonymous"
+
+
+def filter_params(cfg: Config, k: int) -> FilterParams:
+    f = cfg.filter
+    return FilterParams(k=k, max_chars=f.max_chars, min_chars=f.min_chars,
+                        near_dup_threshold=f.near_dup_threshold,
+                        sensitive_threshold=f.sensitive_threshold)
+
+
+def _read(path: str | None, columns: Sequence[str]) -> pa.Table | None:
+    return pq.read_table(path, columns=list(columns)) if path else None
+
+
+# ----------------------------------------------------------------------------- interests
+
+
+@dataclass
+class Distilled:
+    """What the distiller hands on: the prompt input I* and the history behind it."""
+
+    interests: list[str]
+    history: list[str]  # the user's summaries used, oldest first (ranker context)
+    cold_start: bool
+    method: str  # "rid" (scorer + gating), "recent" (no scorer in the run), "none"
+    known_user: bool = False
+    profile: str | None = None
+
+
+class InterestDistillerCore:
+    """Trigger interests I* for one request (see module docstring)."""
+
+    def __init__(self, cfg: Config, art: Artifacts, encoder: Callable | None = None) -> None:
+        from icebreaker_ray.models import TextEncoder
+
+        self.cfg = cfg
+        self.encoder = encoder or TextEncoder(cfg.models.embedder)
+        self.scorer = scorer.load_scorer(art.scorer_dir) if art.scorer_dir else None
+        self.thresholds: list[float] | None = None
+        if art.thresholds_json:
+            self.thresholds = json.loads(Path(art.thresholds_json).read_text())["thresholds"]
+        self.histories = self._histories(art.sessions_parquet)
+        users = _read(art.users_parquet, ["user_id", "activity_bucket", "profile"])
+        rows = users.to_pylist() if users is not None else []
+        self.buckets = {r["user_id"]: int(r["activity_bucket"]) for r in rows}
+        self.profiles = {r["user_id"]: r["profile"] for r in rows if r.get("profile")}
+        self._bucket_counts, self._bucket_floor = self._bucket_table()
+
+    def _histories(self, sessions_parquet: str | None) -> dict[str, list[str]]:
+        table = _read(sessions_parquet, ["user_id", "ts", "summary"])
+        if table is None:
+            return {}
+        out: dict[str, list[str]] = {}
+        for row in table.sort_by([("user_id", "ascending"), ("ts", "ascending")]).to_pylist():
+            text = clean_summary(row["summary"], self.cfg.serve.max_summary_chars)
+            if text:
+                out.setdefault(row["user_id"], []).append(text)
+        return out
+
+    def _bucket_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Known users' (session count -> bucket), for placing an unknown user by activity:
+        the highest bucket any known user with at most that many sessions is in."""
+        pairs = sorted((len(self.histories.get(u, [])), b) for u, b in self.buckets.items())
+        if not pairs:
+            return np.zeros(0, int), np.zeros(0, int)
+        counts = np.array([c for c, _ in pairs])
+        return counts, np.maximum.accumulate(np.array([b for _, b in pairs]))
+
+    def known_users(self) -> list[str]:
+        return sorted(self.histories)
+
+    def bucket(self, user_id: str | None, n_summaries: int) -> int:
+        if user_id in self.buckets:
+            return self.buckets[user_id]
+        i = int(np.searchsorted(self._bucket_counts, n_summaries, side="right")) - 1
+        return int(self._bucket_floor[i]) if i >= 0 else 0
+
+    def history(self, user_id: str | None, summaries: Sequence[str] | None) -> list[str]:
+        """Known history (from the run's logs) then the pasted summaries, most recent last,
+        at most ``serve.max_summaries`` of them."""
+        known = self.histories.get(user_id, []) if user_id else []
+        pasted = [clean_summary(s, self.cfg.serve.max_summary_chars) for s in summaries or []]
+        merged = [s for s in [*known, *pasted] if s]
+        return merged[-self.cfg.serve.max_summaries:]
+
+    def distill(self, user_id: str | None, summaries: Sequence[str] | None = None) -> Distilled:
+        history = self.history(user_id, summaries)
+        known = user_id in self.histories or user_id in self.buckets
+        profile = self.profiles.get(user_id) if user_id else None
+        if not history:
+            return Distilled([], [], True, "none", known, profile)
+        if self.scorer is None:
+            recent = list(dict.fromkeys(reversed(history)))[: self.cfg.generation.max_summaries]
+            return Distilled(recent, history, False, "recent", known, profile)
+        return Distilled(self._gate(user_id, history, profile), history, False, "rid", known, profile)
+
+    def _gate(self, user_id: str | None, history: list[str], profile: str | None) -> list[str]:
+        """Eq. 4 for one user: s_phi over the history, tau_b of the bucket, capped; the best
+        summary when none passes (as ``search.stage.trigger_interests`` does)."""
+        uid = user_id or ANONYMOUS
+        emb = self.encoder(history)
+        profiles = None
+        if profile and self.scorer.config.get("use_profile", True):
+            profiles = {uid: self.encoder([clean_summary(profile, self.cfg.judge.max_summary_chars)])[0]}
+        scores = scorer.score_rows(self.scorer, np.array([uid] * len(history)), emb,
+                                   profiles=profiles)
+        cap = self.cfg.gating.max_interests
+        if self.thresholds:
+            keep = gating.select_interests(scores, np.array([uid] * len(history)),
+                                           [self.bucket(user_id, len(history))] * len(history),
+                                           self.thresholds, cap)
+        else:
+            keep = gating.rank_within_user(scores, np.array([uid] * len(history))) < cap
+        order = np.argsort(-scores, kind="stable")
+        chosen = [history[i] for i in order if keep[i]] or [history[int(order[0])]]
+        return list(dict.fromkeys(chosen))
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+@dataclass
+class GenJob:
+    """One request's generation: its prompt input and list length."""
+
+    interests: list[str]
+    k: int
+    stream: bool = False
+
+
+@dataclass
+class GenUpdate:
+    """Progress of one job: the first token arrived, starters the model finished writing
+    (raw, not yet filtered), or the final candidate texts (``texts``)."""
+
+    first_token: bool = False
+    new_starters: list[str] = field(default_factory=list)
+    texts: list[str] | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.first_token or self.new_starters or self.texts is not None)
+
+
+def finished_starters(text: str, done: bool) -> list[str]:
+    """Starters of a partial ``<sug> a && b && c`` that the model has finished: all but
+    the last one while it is still writing, all once the sequence has ended."""
+    found = parse_starters(text).starters
+    return found if done else found[:-1]
+
+
+class _StepStreamer(BaseStreamer):
+    """A ``transformers`` streamer for a whole batch: ``put`` gets the prompt ids once,
+    then one token per sequence per step, which it hands to ``on_step``."""
+
+    def __init__(self, on_step: Callable[[list[int]], None]) -> None:
+        self.on_step = on_step
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.on_step(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+class BatchSampler:
+    """Samples ``num_candidates`` lists for every job of a batch in one ``generate`` call."""
+
+    def __init__(self, model, tok, params: GenerationParams, num_candidates: int) -> None:
+        self.model, self.tok, self.params = model, tok, params
+        self.num_candidates = num_candidates
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.padding_side = "left"
+        self.stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
+
+    def prompts(self, jobs: Sequence[GenJob]) -> list[str]:
+        return [self.tok.apply_chat_template(
+            generator_messages(job.interests, k=job.k, max_chars=self.params.max_chars),
+            tokenize=False, add_generation_prompt=True) for job in jobs]
+
+    def run(self, jobs: Sequence[GenJob],
+            emit: Callable[[list[GenUpdate]], None] | None = None) -> list[list[str]]:
+        """Generate; returns the candidate texts per job. ``emit`` (if given) receives one
+        :class:`GenUpdate` per job whenever a streaming job has news."""
+        import torch
+
+        n = self.num_candidates
+        owner = [j for j in range(len(jobs)) for _ in range(n)]
+        flat = [p for p in self.prompts(jobs) for _ in range(n)]
+        enc = self.tok(flat, return_tensors="pt", padding=True, add_special_tokens=False)
+        progress = _Progress(self, jobs, owner, emit) if emit and any(j.stream for j in jobs) else None
+        with torch.no_grad():
+            ids = self.model.generate(
+                **enc, do_sample=True, temperature=self.params.temperature, top_p=self.params.top_p,
+                max_new_tokens=self.params.max_new_tokens, pad_token_id=self.tok.pad_token_id,
+                streamer=_StepStreamer(progress.step) if progress else None,
+            )
+        texts = self.tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out: list[list[str]] = [[] for _ in jobs]
+        for j, text in zip(owner, texts, strict=True):
+            out[j].append(text)
+        return out
+
+
+class _Progress:
+    """Per-step bookkeeping of :meth:`BatchSampler.run` for streaming jobs."""
+
+    def __init__(self, sampler: BatchSampler, jobs: Sequence[GenJob], owner: list[int],
+                 emit: Callable[[list[GenUpdate]], None]) -> None:
+        self.sampler, self.jobs, self.owner, self.emit = sampler, jobs, owner, emit
+        self.tokens: list[list[int]] = [[] for _ in owner]
+        self.done = [False] * len(owner)
+        self.reported = [0] * len(owner)  # finished starters already sent, per sequence
+        self.first = True
+
+    def step(self, step_tokens: list[int]) -> None:
+        updates = [GenUpdate(first_token=self.first and job.stream) for job in self.jobs]
+        self.first = False
+        for seq, token in enumerate(step_tokens):
+            if self.done[seq]:
+                continue
+            if token in self.sampler.stop_ids:
+                self.done[seq] = True
+            else:
+                self.tokens[seq].append(int(token))
+            if not self.jobs[self.owner[seq]].stream:
+                continue
+            text = self.sampler.tok.decode(self.tokens[seq], skip_special_tokens=True)
+            found = finished_starters(text, self.done[seq])
+            if len(found) > self.reported[seq]:
+                updates[self.owner[seq]].new_starters.extend(found[self.reported[seq]:])
+                self.reported[seq] = len(found)
+        if not all(u.empty for u in updates):
+            self.emit(updates)
+
+
+# ----------------------------------------------------------------------------- list selection
+
+
+@dataclass(frozen=True)
+class Pick:
+    text: str
+    score: float
+    source: str  # "generated" | "cold_start"
+
+
+def greedy_diverse(utility: np.ndarray, emb: np.ndarray, k: int, lam: float) -> list[int]:
+    """Indices of a K-list built greedily by utility + lam * R_div(P, s) (eq. 8 summed)."""
+    chosen: list[int] = []
+    remaining = list(range(len(utility)))
+    while remaining and len(chosen) < k:
+        gains = marginal_diversity_gains(emb[chosen], emb[remaining])
+        best = int(np.argmax(utility[remaining] + lam * gains))
+        chosen.append(remaining.pop(best))
+    return chosen
+
+
+class ListSelectorCore:
+    """Filter, rank, diversify and fill a K-list (see module docstring)."""
+
+    def __init__(self, cfg: Config, art: Artifacts, encoder: Callable | None = None) -> None:
+        from icebreaker_ray.models import TextEncoder
+        from icebreaker_ray.reward.ranker import UtilityRanker
+
+        self.cfg = cfg
+        self.encoder = encoder or TextEncoder(cfg.models.embedder)
+        self.safety = SafetyFilter(self.encoder, filter_params(cfg, POOL_CAP))
+        self.ranker = UtilityRanker.load(art.ranker_dir) if art.ranker_dir else None
+        self.lam = cfg.search.lam
+        self.cold = self._cold_start_list(art.impressions_parquet)
+
+    # -- cold start ------------------------------------------------------------------
+
+    def _popular(self, impressions_parquet: str | None) -> dict[str, float]:
+        """Logged starters -> popularity (clicks, then share of impressions clicked)."""
+        table = _read(impressions_parquet, ["starter", "clicked"])
+        if table is None or table.num_rows == 0:
+            return {}
+        stats = table.group_by("starter").aggregate([("clicked", "sum"), ("clicked", "count")])
+        clicks = np.asarray(stats["clicked_sum"].to_numpy(), float)
+        shows = np.asarray(stats["clicked_count"].to_numpy(), float)
+        pop = (clicks + clicks / np.maximum(shows, 1)) / max(float(clicks.max()) + 1.0, 1.0)
+        return dict(zip(stats["starter"].to_pylist(), pop.tolist(), strict=True))
+
+    def _catalog(self) -> dict[str, float]:
+        """The catalog's generic starters (popular categories first), then its pool."""
+        from icebreaker_ray.sim.catalog import load_catalog
+        from icebreaker_ray.sim.policy import generic_starters, starter_pool
+
+        catalog = load_catalog()
+        generic = generic_starters(catalog)
+        out = {s: 0.5 * (1.0 - i / max(len(generic), 1)) for i, s in enumerate(generic)}
+        for s in starter_pool(catalog, seed=self.cfg.run.seed):
+            out.setdefault(s, 0.0)
+        return out
+
+    def _cold_start_list(self, impressions_parquet: str | None) -> list[Pick]:
+        popular = self._popular(impressions_parquet)
+        top = sorted(popular, key=lambda s: -popular[s])[: 4 * COLD_START_SIZE]
+        kept = self.safety.filter(top).kept
+        if len(kept) < COLD_START_SIZE:  # too few logs: top up from the catalog
+            catalog = self._catalog()
+            extra = sorted(catalog, key=lambda s: -catalog[s])[: 4 * COLD_START_SIZE]
+            kept = self.safety.filter([*kept, *extra]).kept
+            popular = {**catalog, **popular}
+        kept = kept[: 4 * COLD_START_SIZE]
+        utility = np.array([popular.get(s, 0.0) for s in kept])
+        order = greedy_diverse(utility, self.encoder(kept), COLD_START_SIZE, self.lam)
+        return [Pick(kept[i], float(utility[i]), "cold_start") for i in order]
+
+    def cold_start(self, k: int) -> list[Pick]:
+        return self.cold[:k]
+
+    # -- generated lists --------------------------------------------------------------
+
+    def screen(self, shown: Sequence[str], new: Sequence[str]) -> list[str]:
+        """Streaming: the starters of ``new`` that pass the filter next to ``shown``."""
+        kept = self.safety.filter([*shown, *new]).kept
+        return [s for s in kept if s not in set(shown)]
+
+    def utility(self, user_id: str | None, history: Sequence[str], profile: str | None,
+                interests: Sequence[str], texts: Sequence[str], emb: np.ndarray) -> np.ndarray:
+        """R_util(u, s) from the ranker over the request's history; without a ranker, the
+        best cosine of each starter to a trigger interest."""
+        if self.ranker is None:
+            if not interests:
+                return np.zeros(len(texts))
+            return (emb @ self.encoder(list(interests)).T).max(axis=1)
+        from icebreaker_ray.reward.ranker import UserFeaturizer
+
+        uid = user_id or ANONYMOUS
+        recent = list(history)[-RANKER_WINDOW:]
+        sessions = pa.table({"user_id": [uid] * len(recent),
+                             "ts": pa.array(range(len(recent)), pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+                             "summary": recent})
+        users = pa.table({"user_id": [uid], "profile": [profile or ""]})
+        feats = UserFeaturizer(sessions, users, self.encoder, window=RANKER_WINDOW)
+        return self.ranker.score(feats.pair_features([uid] * len(texts), emb))
+
+    def select(self, user_id: str | None, history: Sequence[str], interests: Sequence[str],
+               candidates: Sequence[str], k: int, profile: str | None = None) -> list[Pick]:
+        """The K-list for one request from its raw candidate texts (never fewer than K)."""
+        parsed = [s for text in candidates for s in parse_starters(text).starters]
+        valid = self.safety.filter(parsed).kept
+        picks: list[Pick] = []
+        if valid:
+            emb = self.encoder(valid)
+            util = self.utility(user_id, history, profile, interests, valid, emb)
+            picks = [Pick(valid[i], float(util[i]), "generated")
+                     for i in greedy_diverse(util, emb, k, self.lam)]
+        return self.fill(picks, k)
+
+    def fill(self, picks: list[Pick], k: int) -> list[Pick]:
+        """Top up ``picks`` to K from the cold-start list, through the filter (no near-dups)."""
+        if len(picks) >= k:
+            return picks[:k]
+        by_text = {p.text: p for p in [*self.cold, *picks]}
+        merged = self.safety.filter([p.text for p in picks] + [p.text for p in self.cold]).kept
+        return [by_text[t] for t in merged[:k]]

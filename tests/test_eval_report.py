@@ -1,0 +1,115 @@
+"""The evaluate stage's A/B aggregation, topic classifier and report (no models needed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from icebreaker_ray.config import load_config
+from icebreaker_ray.eval.report import FIGURES, REQUIRED_SECTIONS, render_markdown, write_report
+from icebreaker_ray.eval.stage import ab_lifts, histories
+
+
+def _events(users, clicks, sessions, day0=20):
+    rows = {"user_id": [], "day": [], "shown": [], "clicked": [], "sessions": [], "started": [], "depth": []}
+    for u, c, s in zip(users, clicks, sessions, strict=True):
+        rows["user_id"].append(u)
+        rows["day"].append(day0)
+        rows["shown"].append(4)
+        rows["clicked"].append(c)
+        rows["sessions"].append(s)
+        rows["started"].append(s > 0)
+        rows["depth"].append(0)
+    return pa.table(rows)
+
+
+def test_ab_lifts_hand_case():
+    users = ["u1", "u2", "u3", "u4"]
+    a = SimpleNamespace(events=_events(users, [1, 0, 0, 0], [1, 1, 0, 2]), metrics={"ctr": 1 / 16})
+    # Arm b: twice the clicks, one more session; u5 only came in arm b (zeros in arm a).
+    b = SimpleNamespace(events=_events(users + ["u5"], [1, 1, 0, 0, 0], [1, 1, 1, 2, 0]), metrics={})
+    out = ab_lifts({"baseline": a, "b": b}, "baseline", (20, 21), n_boot=200, seed=0)
+    assert "lifts" not in out["baseline"] and out["b"]["users"] == 5
+    lifts = out["b"]["lifts"]
+    # CTR: a = 1/16, b = 2/20 -> lift 0.6; sessions/user over the 5 aligned users: 4/5 vs 5/5.
+    assert lifts["ctr"]["lift"] == pytest.approx((2 / 20) / (1 / 16) - 1)
+    assert lifts["avg_sessions"]["lift"] == pytest.approx(5 / 4 - 1)
+    assert lifts["csr"]["lift"] == pytest.approx((4 / 5) / (3 / 5) - 1)
+    for row in lifts.values():
+        assert row["ci_low"] <= row["lift"] <= row["ci_high"] and 0 < row["p_value"] <= 1
+
+
+def test_histories_are_in_time_order():
+    ts = pa.array([3_000, 1_000, 2_000], pa.timestamp("ms", tz="UTC"))
+    table = pa.table({"user_id": ["a", "a", "b"], "session_id": ["a2", "a1", "b1"], "ts": ts,
+                      "summary": ["later", "earlier", "only"]})
+    texts, days = histories(table)
+    assert texts == {"a": ["earlier", "later"], "b": ["only"]}
+    assert days["a"] == pytest.approx([1_000 / 86_400_000, 3_000 / 86_400_000])
+
+
+def _quality(x: float) -> dict:
+    return {"users": 3, "r_user_f": x, "r_score_f": x, "r_user_oracle": x / 2, "r_score_oracle": x / 2,
+            "hacking_gap": x / 2, "mean_f": 0.1, "mean_oracle_ctr": 0.05, "lexical_diversity": 7.0,
+            "semantic_diversity": 2.5, "full_lists": 1.0, "format_pass_rate": 0.9}
+
+
+def _results() -> dict:
+    lift = {"lift": 0.1, "ci_low": -0.05, "ci_high": 0.2, "p_value": 0.3, "n_users": 3}
+    arm = {"metrics": {"active_days": 2.0, "avg_sessions": 5.0, "ctr": 0.04, "csr": 0.8}, "users": 3}
+    return {
+        "config": {"holdout_fraction": 0.2, "ab_days": 5, "num_candidates": 2, "K": 4},
+        "table1": {"R_u (retrieval)": _quality(0.0), "ICEBREAKER": _quality(0.3),
+                   "SFT+DPO": {"skipped": "no model"}},
+        "table2": {"baseline": arm, "ICEBREAKER": {**arm, "lifts": {k: lift for k in
+                                                                    ("active_days", "avg_sessions", "ctr", "csr")}}},
+        "table6": {"RID": _quality(0.3), "Rule-based": _quality(0.1)},
+        "table7": {"SFT": _quality(0.1), "round 0": _quality(0.2), "round 1": _quality(0.3)},
+        "table9": {"utility only": _quality(0.2), "hierarchical": _quality(0.3)},
+        "rounds": [{"round": 1, "users": 4, "deployed_ctr": 0.05, "baseline_ctr": 0.04,
+                    "ranker": {"click_auc": 0.7}, "mining": {"pairs": 9},
+                    "dpo": {"first_loss": 0.69, "last_loss": 0.5}, "format_pass_rate": 0.8}],
+        "topics": {"summaries": {"games": 0.6, "travel": 0.4}, "ICEBREAKER starters": {"games": 1.0}},
+        "examples": [{"user_id": "u1", "summaries": ["s | 1"], "trigger_interests": ["i"],
+                      "baseline": ["b?"], "generated": ["g?"]}],
+        "stages": {"simulate": 20.0, "sft": 100.0},
+        "topic_classifier_train_accuracy": 0.95,
+    }
+
+
+def test_report_has_every_table_and_figure(tmp_path):
+    from icebreaker_ray.data import io
+
+    cfg = load_config("configs/quick.yaml")
+    md = render_markdown(_results(), cfg)
+    for section in REQUIRED_SECTIONS:
+        assert section in md
+    assert "| ICEBREAKER | 30.0% | 30.0% | 15.0% | 15.0% | 15.0% | 5.0% |" in md
+    assert "+10.0% [-5.0, +20.0] p=0.300" in md
+    assert "s / 1" in md  # a pipe inside a summary does not break the table
+    writer = io.StageWriter(str(tmp_path), "evaluate")
+    write_report(writer, _results(), cfg)
+    for name in ("report.md", *FIGURES):
+        data = (tmp_path / "evaluate" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" if name.endswith(".png") else data.startswith(b"# ICEBREAKER")
+
+
+@pytest.mark.integration
+def test_topic_classifier_recognizes_unseen_catalog_phrasing():
+    from icebreaker_ray.eval.topics import TopicClassifier
+    from icebreaker_ray.models import TextEncoder
+    from icebreaker_ray.sim.catalog import all_starters, load_catalog
+
+    catalog = load_catalog()
+    clf = TopicClassifier.fit(catalog, TextEncoder("all-minilm-l6-v2"), per_subject=4, seed=0)
+    rng = np.random.default_rng(1)
+    subjects = [catalog.subjects[i] for i in rng.choice(len(catalog.subjects), 120, replace=False)]
+    texts = [all_starters(s)[-1] for s in subjects]  # late templates: mostly not in the sample
+    truth = [clf.names[s.category_id] for s in subjects]
+    accuracy = np.mean([p == t for p, t in zip(clf.predict(texts), truth, strict=True)])
+    assert accuracy > 0.75
+    cats = clf.categories_per_list([texts[:2], [], texts[2:5]])
+    assert [len(c) for c in cats] == [2, 0, 3]
