@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
+from icebreaker_ray.eval.metrics import online_metrics
 from icebreaker_ray.models import TextEncoder
 from icebreaker_ray.sim.deploy import DayLog, SimEnv
 from icebreaker_ray.sim.policy import Slate
@@ -118,8 +119,6 @@ def _merge(logs: list[DayLog]) -> DayLog:
         return pa.concat_tables(tables) if tables else getattr(logs[0], attr)
 
     merged = DayLog(cat("sessions"), cat("impressions"), cat("events"), cat("session_truth"))
-    from icebreaker_ray.eval.metrics import online_metrics
-
     if merged.events.num_rows:
         merged.metrics = online_metrics(merged.events)
     return merged
@@ -164,8 +163,6 @@ def ab_test(state: WorldState, cfg: Config, arms: Mapping[str, Lists | None], us
         out[name] = DayLog(restrict(log.sessions, users), impressions, events,
                            restrict(log.session_truth, users))
         if events.num_rows:
-            from icebreaker_ray.eval.metrics import online_metrics
-
             out[name].metrics = online_metrics(events)
     return out
 
