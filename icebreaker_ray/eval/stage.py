@@ -88,17 +88,14 @@ def histories(sessions: pa.Table) -> tuple[dict[str, list[str]], dict[str, list[
     return texts, days
 
 
-def logged_tables(out: str) -> tuple[pa.Table, pa.Table]:
-    """Sessions and impressions logged so far: the simulated logs plus every round's."""
-    sessions = [io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions")]
-    impressions = [io.read_table(io.table_uri(out, "simulate", "impressions"), "impressions")]
+def logged_sessions(out: str) -> pa.Table:
+    """Sessions logged so far: the simulated logs plus every self-reinforced round's."""
+    tables = [io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions")]
     manifest = io.read_manifest(out, "iterate") or {}
     for name in manifest.get("files", []):
         if name.endswith("/sessions.parquet"):
-            sessions.append(io.read_table(io.join(out, "iterate", name), "sessions"))
-        elif name.endswith("/impressions.parquet"):
-            impressions.append(io.read_table(io.join(out, "iterate", name), "impressions"))
-    return pa.concat_tables(sessions), pa.concat_tables(impressions)
+            tables.append(io.read_table(io.join(out, "iterate", name), "sessions"))
+    return pa.concat_tables(tables)
 
 
 def latest_state(out: str, cfg: Config) -> WorldState:
@@ -228,7 +225,7 @@ class Evaluation:
     def __init__(self, cfg: Config, out: str, tmp: str) -> None:
         self.cfg, self.out, self.tmp = cfg, out, tmp
         self.encoder = TextEncoder(cfg.models.embedder)
-        self.sessions, _ = logged_tables(out)
+        self.sessions = logged_sessions(out)
         self.users_table = io.read_table(io.table_uri(out, "simulate", "users"), "users")
         self.history, self.history_days = histories(self.sessions)
         self.interests = trigger_interests(out)
