@@ -131,7 +131,11 @@ class ScorerSection(Section):
     num_workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
     # GPU clusters: fine-tune the text encoder itself instead of heads on frozen embeddings.
+    # Everything that scores with the scorer then embeds with the fine-tuned copy it saves.
     finetune_text_encoder: bool = False
+    # The sentence encoder to fine-tune (name or directory); null: models.embedder.
+    text_encoder: str | None = None
+    encoder_lr: float = Field(default=2e-5, gt=0)
     use_profile: bool = True
     # Share of the time span (the latest part) held out from scorer training; the gating
     # thresholds are learned on it (revisits that happen after the split).

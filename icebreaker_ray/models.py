@@ -225,6 +225,36 @@ def tiny_random_generator(out_dir: str | Path, seed: int = 0, cache: str | None 
     return str(out)
 
 
+def tiny_random_embedder(out_dir: str | Path, seed: int = 0) -> str:
+    """A 2-layer random BERT with MiniLM's tokenizer, saved as a sentence-transformers
+    directory (mean pooling + L2 normalization, like all-MiniLM-L6-v2): a real text encoder
+    for unit tests that fine-tunes in milliseconds. Written once per ``out_dir``."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = Path(out_dir)
+    if (out / "modules.json").is_file():
+        return str(out)
+    tok = AutoTokenizer.from_pretrained(resolve_embedder("all-minilm-l6-v2"))
+    torch.manual_seed(seed)
+    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    raw = tmp.parent / f"{tmp.name}-bert"
+    bert.save_pretrained(raw)
+    tok.save_pretrained(raw)
+    model = SentenceTransformer(modules=[Transformer(str(raw), max_seq_length=64), Pooling(32, "mean"),
+                                         Normalize()], device="cpu")
+    model.save(str(tmp))
+    shutil.rmtree(raw)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return str(out)
+
+
 class TextEncoder:
     """L2-normalized sentence embeddings with an in-memory cache keyed by text.
 

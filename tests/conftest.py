@@ -21,6 +21,14 @@ def tiny_generator(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory) -> str:
+    """A 2-layer random BERT with MiniLM's tokenizer, saved as a sentence-transformers model."""
+    from icebreaker_ray.models import tiny_random_embedder
+
+    return tiny_random_embedder(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for the whole test session (2 CPUs, like CI)."""
     import ray

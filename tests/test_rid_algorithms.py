@@ -92,6 +92,78 @@ def test_training_lowers_the_loss_and_changes_parameters():
     assert auc(labels > 0.5, scores) > 0.8
 
 
+def _toy_text_examples(n_users=16, seed=0):
+    """As _toy_examples, in words: each user returns to 2 subjects (positives) and touches 4
+    one-off subjects; the summaries are text, for a scorer that fine-tunes its encoder."""
+    rng = np.random.default_rng(seed)
+    subjects = ["sourdough baking", "chess openings", "marathon training", "jazz guitar chords",
+                "filing tax returns", "bonsai pruning", "rust borrow checker", "knitting socks",
+                "tide pools", "espresso grinders", "medieval castles", "houseplant pests",
+                "saving for retirement", "learning Korean", "drone photography", "board game design"]
+    templates = ["Asked about {}", "More questions on {}", "Talked through {} tips"]
+    users, sess_user, sids, texts, pos = [], [], [], [], set()
+    for u in range(n_users):
+        uid = f"u{u}"
+        users.append(uid)
+        picks = rng.choice(len(subjects), 6, replace=False)
+        items = [(picks[i], k < 2) for i in (0, 1) for k in range(3)] + [(t, False) for t in picks[2:]]
+        for k, (t, p) in enumerate(items):
+            sid = f"{uid}-{k}"
+            sess_user.append(uid)
+            sids.append(sid)
+            texts.append(templates[k % 3].format(subjects[t]))
+            if p:
+                pos.add(sid)
+    n = len(sids)
+    return scorer.build_user_examples(users, np.array(sess_user), np.array(sids), np.zeros((n, 4), np.float32),
+                                      pos, texts=np.array(texts, dtype=object),
+                                      profile_text={"u0": "likes baking"})
+
+
+def test_finetuning_the_text_encoder_lowers_the_loss_and_moves_the_encoder(tiny_embedder, tmp_path):
+    data = _toy_text_examples()
+    assert data.item_text is not None and data.profile_text[0] == "likes baking" and data.profile_text[1] == ""
+    scfg = ScorerSection(dim=16, hidden=32, epochs=12, batch_size=8, lr=3e-3, encoder_lr=1e-3,
+                         finetune_text_encoder=True)
+    model = scorer.new_model(data, scfg, seed=0, encoder=tiny_embedder)
+    assert isinstance(model, scorer.FinetunedScorer) and model.config["in_dim"] == 32
+    enc_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    loss0 = scorer.evaluate_loss(model, data, scfg)
+    model, history = scorer.train_scorer(data, scfg, seed=0, model=model)
+    loss1 = scorer.evaluate_loss(model, data, scfg)
+    assert loss1 < 0.9 * loss0 and history[-1] < history[0], (loss0, loss1, history)
+    moved = [k for k, v in model.encoder.state_dict().items() if not torch.equal(v, enc_before[k])]
+    assert any("word_embeddings" in k for k in moved) and any("attention" in k for k in moved)
+
+    # Saved: heads + the fine-tuned encoder; scoring through the saved pair (the path
+    # distill-interests and the server take) gives the in-memory model's scores.
+    scorer.save_scorer(model, tmp_path / "s", {"t_split_days": 1.0})
+    enc_path = scorer.text_encoder_path(tmp_path / "s")
+    assert enc_path and enc_path.endswith("encoder")
+    from icebreaker_ray.models import TextEncoder
+
+    texts = data.item_text[0]
+    emb = TextEncoder(enc_path)(texts)
+    again = scorer.score_rows(scorer.load_scorer(tmp_path / "s"), np.array(["u0"] * len(texts)), emb,
+                              profiles={"u0": TextEncoder(enc_path)(["likes baking"])[0]})
+    model.eval()
+    with torch.no_grad():
+        direct = model([*texts], torch.zeros(len(texts), dtype=torch.long), ["likes baking"])[0].numpy()
+    assert np.allclose(again, direct, atol=1e-4)
+    # a frozen-mode scorer names no encoder of its own
+    frozen, _ = scorer.train_scorer(_toy_examples(6), ScorerSection(dim=8, hidden=16, epochs=1, batch_size=4))
+    scorer.save_scorer(frozen, tmp_path / "f")
+    assert scorer.text_encoder_path(tmp_path / "f") is None
+
+
+def test_text_mode_needs_texts(tiny_embedder):
+    data = _toy_examples(4)
+    scfg = ScorerSection(dim=8, hidden=16, epochs=1, batch_size=4)
+    model = scorer.new_model(data, scfg, encoder=tiny_embedder)
+    with pytest.raises(ValueError, match="texts="):
+        scorer.train_scorer(data, scfg, model=model)
+
+
 def test_scorer_roundtrip(tmp_path):
     data = _toy_examples(6)
     scfg = ScorerSection(dim=8, hidden=16, epochs=1, batch_size=4)

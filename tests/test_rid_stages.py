@@ -48,7 +48,7 @@ def world(tmp_path_factory, ray_local):
     byo = load_config("quick", [*SMALL, f"data.source={src}"])
     manifests = {name: run_stage(name, byo, out) for name in
                  ("simulate", "label-revisits", "train-scorer", "distill-interests")}
-    return {"out": out, "cfg": byo, "manifests": manifests, "truth_from": base / "sim"}
+    return {"out": out, "cfg": byo, "manifests": manifests, "truth_from": base / "sim", "source": str(src)}
 
 
 def test_revisit_pairs_are_valid_and_linear(world):
@@ -117,3 +117,40 @@ def test_distill_interests_output(world):
 def test_rerun_skips_finished_stages(world):
     again = run_stage("distill-interests", world["cfg"], world["out"])
     assert again.get("skipped")
+
+
+def test_finetuned_text_encoder_end_to_end(world, tiny_embedder, tmp_path):
+    """scorer.finetune_text_encoder: the encoder trains inside Ray Train with the towers, is
+    saved beside them, and distill-interests scores with it (not with models.embedder)."""
+    import shutil
+
+    from icebreaker_ray.models import TextEncoder
+    from icebreaker_ray.rid import scorer
+
+    out = tmp_path / "ft"
+    for stage in ("simulate", "label-revisits"):
+        shutil.copytree(f"{world['out']}/{stage}", out / stage)
+    cfg = load_config("quick", [*SMALL, f"data.source={world['source']}", "scorer.finetune_text_encoder=true",
+                                f"scorer.text_encoder={tiny_embedder}", "scorer.epochs=2",
+                                "scorer.max_items_per_user=16", "scorer.encoder_lr=1e-3"])
+    m = run_stage("train-scorer", cfg, str(out))["metrics"]
+    assert m["text_encoder"] == f"finetuned from {tiny_embedder}" and len(m["epoch_losses"]) == 2
+    sdir = io.join(str(out), "train-scorer", "scorer")
+    enc_path = scorer.text_encoder_path(sdir)
+    tuned, stock = TextEncoder(enc_path), TextEncoder(tiny_embedder)
+    probe = ["Asked about sourdough starters", "One Piece theories"]
+    assert tuned.dim == 32 and not np.allclose(tuned(probe), stock(probe), atol=1e-5)  # it trained
+    run_stage("distill-interests", cfg, str(out))
+    df = io.read_table(io.table_uri(str(out), "distill-interests", "interests"), "interests").to_pandas()
+    # the stage's scores are the saved heads over the *fine-tuned* encoder's embeddings
+    from icebreaker_ray.rid.judge import clean_summary
+
+    users = pq.read_table(io.table_uri(str(out), "simulate", "users")).to_pandas().set_index("user_id")
+    uid = df.user_id.iloc[0]
+    row = df[df.user_id == uid]
+    profile = users.profile.get(uid)
+    profiles = ({uid: tuned([clean_summary(profile, cfg.judge.max_summary_chars)])[0]}
+                if profile and cfg.scorer.use_profile else None)
+    expect = scorer.score_rows(scorer.load_scorer(sdir), row.user_id.to_numpy(), tuned(row.summary.tolist()),
+                               profiles=profiles)
+    assert np.allclose(row.score.to_numpy(), expect, atol=1e-4)

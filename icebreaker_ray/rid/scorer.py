@@ -5,9 +5,12 @@
 
 E_text maps a summary's sentence embedding to a d-dim vector; E_user maps the mean of the
 user's summary embeddings (H_u) and the embedded profile (the "crowd portrait") to the same
-space. Both towers are small MLP heads over frozen MiniLM embeddings. NOT BUILT YET:
-``scorer.finetune_text_encoder`` (train the sentence encoder inside E_text on GPUs); the
-stage logs a warning and trains the heads when it is set.
+space. By default both towers are small MLP heads over frozen MiniLM embeddings (cheap on
+CPU). With ``scorer.finetune_text_encoder`` (the GPU preset) the sentence encoder itself
+trains with the heads (``FinetunedScorer``): summaries enter as text, the encoder gets its
+own learning rate (``scorer.encoder_lr``), and the scorer directory carries the fine-tuned
+encoder (``encoder/``), which everything that scores with this scorer must embed with
+(``text_encoder_path``).
 
 Training tuples (u, h+, N_u): h+ is a summary some later session revisits (judge MATCH);
 N_intra are the user's summaries no later session matched; N_inter are the other users'
@@ -18,6 +21,9 @@ both negative kinds come from one score matrix.
     model, history = train_scorer(data, ScorerSection())          # plain torch, one process
     result = train_scorer_on_ray(data, cfg.scorer, storage)     # Ray Train TorchTrainer
     scores = score_sessions(model, data)                        # one score per summary
+
+    text mode (fine-tune the encoder): build_user_examples(..., texts=summaries) and
+    new_model(data, scfg, encoder="all-minilm-l6-v2"); the same train/evaluate functions.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class UserExamples:
     labels: list[np.ndarray]
     profile: np.ndarray
     session_ids: list[np.ndarray]
+    # Text mode (fine-tuning the encoder): the summaries and profiles as text ("" = none).
+    item_text: list[list[str]] | None = None
+    profile_text: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -62,7 +71,8 @@ class UserExamples:
 def build_user_examples(user_ids: list[str], session_user: np.ndarray, session_ids: np.ndarray,
                         embeddings: np.ndarray, positive_ids: set[str],
                         profile_emb: dict[str, np.ndarray] | None = None,
-                        revisit_ids: set[str] | None = None) -> UserExamples:
+                        revisit_ids: set[str] | None = None, texts: np.ndarray | None = None,
+                        profile_text: dict[str, str] | None = None) -> UserExamples:
     """Group sessions by user (users without sessions are dropped: nothing to score).
 
     Labels: 1 for ``positive_ids`` (matched by a later session), -1 for ``revisit_ids`` that
@@ -70,10 +80,14 @@ def build_user_examples(user_ids: list[str], session_user: np.ndarray, session_i
     themselves, e.g. the latest occurrence of an interest), 0 otherwise. The -1 rows are
     kept out of their own user's negatives: they are near-duplicates of a positive, and
     calling them "not resonant" would contradict the positive label (see contrastive_loss).
+    ``texts`` (one per session, aligned with ``session_ids``) and ``profile_text`` add the
+    raw text the encoder needs when it is fine-tuned.
     """
     dim = embeddings.shape[1]
     order = np.argsort(session_user, kind="stable")
     su, sids, emb = session_user[order], session_ids[order], embeddings[order]
+    txt = np.asarray(texts, dtype=object)[order] if texts is not None else None
+    out_t: list[list[str]] = []
     bounds = np.flatnonzero(np.r_[True, su[1:] != su[:-1], True])
     by_user = {su[a]: (a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)} if len(su) else {}
     out_u, out_e, out_l, out_p, out_s = [], [], [], [], []
@@ -84,12 +98,17 @@ def build_user_examples(user_ids: list[str], session_user: np.ndarray, session_i
         out_u.append(uid)
         out_e.append(emb[a:b].astype(np.float32))
         out_s.append(sids[a:b])
+        if txt is not None:
+            out_t.append([str(t) for t in txt[a:b]])
         out_l.append(np.array([1.0 if s in positive_ids else -1.0 if s in (revisit_ids or ()) else 0.0
                                for s in sids[a:b]], np.float32))
         p = (profile_emb or {}).get(uid)
         out_p.append(np.zeros(dim, np.float32) if p is None else p.astype(np.float32))
     profile = np.stack(out_p) if out_p else np.zeros((0, dim), np.float32)
-    return UserExamples(out_u, out_e, out_l, profile, out_s)
+    if txt is None:
+        return UserExamples(out_u, out_e, out_l, profile, out_s)
+    return UserExamples(out_u, out_e, out_l, profile, out_s, out_t,
+                        [str((profile_text or {}).get(u) or "") for u in out_u])
 
 
 # ----------------------------------------------------------------------------- model
@@ -109,6 +128,8 @@ class ResonanceScorer(nn.Module):
     often the user returns to h_t's interest.
     """
 
+    wants_text = False  # inputs are embeddings (see FinetunedScorer)
+
     def __init__(self, in_dim: int = 384, dim: int = 128, hidden: int = 256, use_profile: bool = True):
         super().__init__()
         self.config = {"in_dim": in_dim, "dim": dim, "hidden": hidden, "use_profile": use_profile}
@@ -123,7 +144,8 @@ class ResonanceScorer(nn.Module):
     def pool_history(self, emb: torch.Tensor, owner: torch.Tensor, num_users: int) -> torch.Tensor:
         """Mean of phi(h) over each user's summaries: (num_users, hidden)."""
         phi = self.phi(emb)
-        sums = torch.zeros(num_users, phi.shape[1], dtype=phi.dtype).index_add_(0, owner, phi)
+        owner = owner.to(phi.device)
+        sums = torch.zeros(num_users, phi.shape[1], dtype=phi.dtype, device=phi.device).index_add_(0, owner, phi)
         counts = torch.bincount(owner, minlength=num_users).clamp(min=1).to(phi.dtype)
         return sums / counts[:, None]
 
@@ -138,6 +160,47 @@ class ResonanceScorer(nn.Module):
         return u @ self.encode_text(item_emb).T
 
 
+class FinetunedScorer(nn.Module):
+    """The two towers over a sentence encoder that trains with them.
+
+    Summaries and profiles enter as text; the encoder (a sentence-transformers model: mean
+    pooling, L2 normalization) embeds them with gradients and ``heads`` (a ResonanceScorer
+    over the encoder's output) is eq. 2 on top. An empty profile embeds to zeros, as in the
+    frozen mode.
+    """
+
+    wants_text = True
+
+    def __init__(self, encoder: nn.Module, heads: ResonanceScorer):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = heads
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.heads.config
+
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        dim = self.heads.config["in_dim"]
+        if not texts:
+            return torch.zeros(0, dim)
+        features = self.encoder.tokenize(list(texts))
+        device = next(self.encoder.parameters()).device
+        features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
+        return F.normalize(self.encoder(features)["sentence_embedding"], dim=-1)
+
+    def embed_profiles(self, texts: list[str]) -> torch.Tensor:
+        has = [i for i, t in enumerate(texts) if t]
+        out = torch.zeros(len(texts), self.heads.config["in_dim"], device=next(self.parameters()).device)
+        if not has:
+            return out
+        idx = torch.tensor(has, device=out.device)
+        return out.index_copy(0, idx, self.embed([texts[i] for i in has]).to(out.dtype))
+
+    def forward(self, items: list[str], owner: torch.Tensor, profiles: list[str]) -> torch.Tensor:
+        return self.heads(self.embed(items), owner, self.embed_profiles(profiles))
+
+
 def contrastive_loss(scores: torch.Tensor, owner: torch.Tensor, labels: torch.Tensor,
                      temperature: float = 1.0) -> torch.Tensor:
     """Eq. 3 over a minibatch score matrix.
@@ -150,6 +213,7 @@ def contrastive_loss(scores: torch.Tensor, owner: torch.Tensor, labels: torch.Te
     denominator: they are not negatives. ``temperature`` 1 is eq. 3 as printed.
     Returns 0 (with a graph) when the batch has no positive.
     """
+    owner, labels = owner.to(scores.device), labels.to(scores.device)
     pos = torch.nonzero(labels > 0.5).squeeze(-1)
     if pos.numel() == 0:
         return scores.sum() * 0.0
@@ -158,17 +222,22 @@ def contrastive_loss(scores: torch.Tensor, owner: torch.Tensor, labels: torch.Te
     same_user = owner[None, :] == u[:, None]
     not_neg = (labels != 0)[None, :].expand_as(same_user)
     allowed = ~(same_user & not_neg)                           # drop u's non-negatives ...
-    allowed[torch.arange(len(pos)), pos] = True                # ... except h+ itself
+    rows = torch.arange(len(pos), device=scores.device)
+    allowed[rows, pos] = True                                  # ... except h+ itself
     logits = logits.masked_fill(~allowed, float("-inf"))
-    return -(logits[torch.arange(len(pos)), pos] - torch.logsumexp(logits, dim=-1)).mean()
+    return -(logits[rows, pos] - torch.logsumexp(logits, dim=-1)).mean()
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def _batch(data: UserExamples, users: np.ndarray, max_items: int, rng: np.random.Generator):
-    """Items (a sample of at most ``max_items`` per user, all positives first), their owner
-    row and label, and the users' profiles. The sampled items are also the user's history."""
+def _batch(data: UserExamples, users: np.ndarray, max_items: int, rng: np.random.Generator,
+           text: bool = False):
+    """Items (a sample of at most ``max_items`` per user), their owner row and label, and
+    the users' profiles. The sampled items are also the user's history. ``text``: items and
+    profiles as lists of strings (for FinetunedScorer) instead of embedding tensors."""
+    if text and data.item_text is None:
+        raise ValueError("this scorer fine-tunes its text encoder: build the examples with texts=")
     profiles, items, owners, labels = [], [], [], []
     for row, i in enumerate(users):
         emb, lab = data.item_emb[i], data.labels[i]
@@ -176,13 +245,39 @@ def _batch(data: UserExamples, users: np.ndarray, max_items: int, rng: np.random
             take = np.arange(len(emb))
         else:
             take = rng.choice(len(emb), max_items, replace=False)
-        profiles.append(data.profile[i])
-        items.append(emb[take])
+        if text:
+            profiles.append(data.profile_text[i])
+            items.extend(data.item_text[i][j] for j in take)
+        else:
+            profiles.append(data.profile[i])
+            items.append(emb[take])
         labels.append(lab[take])
         owners.append(np.full(len(take), row))
     t = torch.from_numpy
-    return (t(np.concatenate(items)), t(np.concatenate(owners)), t(np.stack(profiles)),
-            t(np.concatenate(labels)))
+    owner, label = t(np.concatenate(owners)), t(np.concatenate(labels))
+    if text:
+        return items, owner, profiles, label
+    return t(np.concatenate(items)), owner, t(np.stack(profiles)), label
+
+
+def _to(model: nn.Module, batch: tuple) -> tuple:
+    """Move a minibatch's tensors to the model's device (texts stay lists)."""
+    device = next(model.parameters()).device
+    return tuple(x.to(device) if torch.is_tensor(x) else x for x in batch)
+
+
+def _optimizer(model: nn.Module, scfg) -> torch.optim.Optimizer:
+    """AdamW; a fine-tuned encoder gets its own (small) learning rate, the heads ``scfg.lr``."""
+    inner = getattr(model, "module", model)  # DDP
+    if isinstance(inner, FinetunedScorer):
+        groups = [{"params": inner.encoder.parameters(), "lr": scfg.encoder_lr},
+                  {"params": inner.heads.parameters(), "lr": scfg.lr}]
+        return torch.optim.AdamW(groups, lr=scfg.lr, weight_decay=scfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=scfg.lr, weight_decay=scfg.weight_decay)
+
+
+def _wants_text(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "module", model), "wants_text", False))
 
 
 def _epoch(model, opt, data, users, scfg, rng, batches: int) -> float:
@@ -194,7 +289,7 @@ def _epoch(model, opt, data, users, scfg, rng, batches: int) -> float:
     losses = []
     for b in range(batches):
         idx = order[b * scfg.batch_size: (b + 1) * scfg.batch_size]
-        items, owner, prof, lab = _batch(data, idx, scfg.max_items_per_user, rng)
+        items, owner, prof, lab = _to(model, _batch(data, idx, scfg.max_items_per_user, rng, _wants_text(model)))
         loss = contrastive_loss(model(items, owner, prof), owner, lab, scfg.temperature)
         opt.zero_grad()
         loss.backward()
@@ -203,7 +298,7 @@ def _epoch(model, opt, data, users, scfg, rng, batches: int) -> float:
     return float(np.mean(losses)) if losses else 0.0
 
 
-def evaluate_loss(model: ResonanceScorer, data: UserExamples, scfg, seed: int = 0) -> float:
+def evaluate_loss(model: nn.Module, data: UserExamples, scfg, seed: int = 0) -> float:
     """Mean eq.-3 loss over fixed minibatches (same batches for every call with this seed)."""
     rng = np.random.default_rng(seed)
     users = rng.permutation(len(data))
@@ -211,22 +306,32 @@ def evaluate_loss(model: ResonanceScorer, data: UserExamples, scfg, seed: int = 
     losses = []
     with torch.no_grad():
         for b in range(0, len(users), scfg.batch_size):
-            items, owner, prof, lab = _batch(data, users[b: b + scfg.batch_size], scfg.max_items_per_user, rng)
+            items, owner, prof, lab = _to(model, _batch(data, users[b: b + scfg.batch_size],
+                                                        scfg.max_items_per_user, rng, _wants_text(model)))
             if (lab > 0.5).any():
                 losses.append(float(contrastive_loss(model(items, owner, prof), owner, lab, scfg.temperature)))
     return float(np.mean(losses)) if losses else 0.0
 
 
-def new_model(data: UserExamples, scfg, seed: int = 0) -> ResonanceScorer:
+def new_model(data: UserExamples, scfg, seed: int = 0, encoder: str | None = None) -> nn.Module:
+    """Untrained towers: heads over frozen embeddings, or (``encoder``: a sentence-transformers
+    name or directory) a FinetunedScorer whose encoder trains too."""
+    if encoder is None:
+        torch.manual_seed(seed)
+        return ResonanceScorer(data.in_dim, scfg.dim, scfg.hidden, scfg.use_profile)
+    from icebreaker_ray.models import load_embedder
+
+    st = load_embedder(encoder)
     torch.manual_seed(seed)
-    return ResonanceScorer(data.in_dim, scfg.dim, scfg.hidden, scfg.use_profile)
+    return FinetunedScorer(st, ResonanceScorer(int(st.get_embedding_dimension()), scfg.dim, scfg.hidden,
+                                               scfg.use_profile))
 
 
 def train_scorer(data: UserExamples, scfg, seed: int = 0,
-                 model: ResonanceScorer | None = None) -> tuple[ResonanceScorer, list[float]]:
+                 model: nn.Module | None = None) -> tuple[nn.Module, list[float]]:
     """Plain torch training loop in one process; returns the model and per-epoch losses."""
     model = model or new_model(data, scfg, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=scfg.lr, weight_decay=scfg.weight_decay)
+    opt = _optimizer(model, scfg)
     rng = np.random.default_rng(seed)
     users = np.arange(len(data))
     batches = max(1, -(-len(data) // scfg.batch_size))
@@ -282,18 +387,37 @@ def score_sessions(model: ResonanceScorer, data: UserExamples) -> list[np.ndarra
 # ----------------------------------------------------------------------------- persistence
 
 
-def save_scorer(model: ResonanceScorer, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
+ENCODER_DIR = "encoder"
+
+
+def save_scorer(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """``scorer.pt`` + ``scorer.json``; a FinetunedScorer also writes its encoder to
+    ``encoder/`` (a sentence-transformers directory) and records it in scorer.json."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    meta = {"text_encoder": "frozen"}
+    if isinstance(model, FinetunedScorer):
+        model.encoder.save(str(d / ENCODER_DIR))
+        model, meta = model.heads, {"text_encoder": "finetuned", "encoder": ENCODER_DIR}
     torch.save(model.state_dict(), d / "scorer.pt")
-    (d / "scorer.json").write_text(json.dumps({**model.config, **(extra or {})}, indent=2))
+    (d / "scorer.json").write_text(json.dumps({**model.config, **meta, **(extra or {})}, indent=2))
+
+
+def text_encoder_path(directory: str | Path | None) -> str | None:
+    """The fine-tuned encoder a scorer's inputs must be embedded with, or None (frozen mode:
+    the run's ``models.embedder``)."""
+    if not directory:
+        return None
+    conf = json.loads((Path(directory) / "scorer.json").read_text())
+    return str(Path(directory) / conf["encoder"]) if conf.get("text_encoder") == "finetuned" else None
 
 
 def load_scorer(directory: str | Path) -> ResonanceScorer:
+    """The towers' heads (embed inputs with ``text_encoder_path(directory)`` when it is set)."""
     d = Path(directory)
     conf = json.loads((d / "scorer.json").read_text())
     model = ResonanceScorer(conf["in_dim"], conf["dim"], conf["hidden"], conf["use_profile"])
-    model.load_state_dict(torch.load(d / "scorer.pt", weights_only=True))
+    model.load_state_dict(torch.load(d / "scorer.pt", weights_only=True, map_location="cpu"))
     model.eval()
     return model
 
@@ -314,17 +438,18 @@ def _ray_train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data: UserExamples = config["data"]
     scfg = config["scfg"]
-    torch.manual_seed(config["seed"])
-    model = ResonanceScorer(data.in_dim, scfg.dim, scfg.hidden, scfg.use_profile)
+    model = new_model(data, scfg, config["seed"], config.get("encoder"))
     start, losses = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=False)
+            state = torch.load(Path(d) / "state.pt", weights_only=False, map_location="cpu")
             model.load_state_dict(state["model"])
             start, losses = state["epoch"] + 1, state["losses"]
-    ddp = ray.train.torch.prepare_model(model)
-    opt = torch.optim.AdamW(ddp.parameters(), lr=scfg.lr, weight_decay=scfg.weight_decay)
+    # A fine-tuned encoder has weights the sentence embedding never uses (BERT's pooler).
+    ddp = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True} if _wants_text(model) else None)
+    opt = _optimizer(ddp, scfg)
     users = np.arange(rank, len(data), world)
     batches = max(1, -(-len(data) // (scfg.batch_size * world)))
     for epoch in range(start, scfg.epochs):
@@ -341,20 +466,21 @@ def _ray_train_loop(config: dict) -> None:
 
 
 def train_scorer_on_ray(data: UserExamples, scfg, storage_path: str, run_name: str = "train-scorer",
-                        seed: int = 0) -> tuple[ResonanceScorer, list[float], Any]:
+                        seed: int = 0, encoder: str | None = None) -> tuple[nn.Module, list[float], Any]:
     """Train with Ray Train (``scfg.num_workers`` TorchTrainer workers); rerunning with the
-    same ``storage_path``/``run_name`` resumes from the last checkpoint. Returns the model
+    same ``storage_path``/``run_name`` resumes from the last checkpoint. ``encoder``: fine-tune
+    that sentence encoder with the heads (``data`` must carry texts). Returns the model
     loaded from the final checkpoint, rank 0's mean loss per epoch and the Result."""
     from icebreaker_ray.raykit import fit_on_ray
 
     result = fit_on_ray(
-        _ray_train_loop, {"data": data, "scfg": scfg, "seed": seed},
+        _ray_train_loop, {"data": data, "scfg": scfg, "seed": seed, "encoder": encoder},
         num_workers=scfg.num_workers, run_name=run_name, storage_path=storage_path,
         max_failures=scfg.max_failures, use_gpu=scfg.use_gpu,
     )
-    model = ResonanceScorer(data.in_dim, scfg.dim, scfg.hidden, scfg.use_profile)
+    model = new_model(data, scfg, seed, encoder)
     with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", weights_only=False)
+        state = torch.load(Path(d) / "state.pt", weights_only=False, map_location="cpu")
     model.load_state_dict(state["model"])
     model.eval()
     return model, [float(x) for x in state["losses"]], result

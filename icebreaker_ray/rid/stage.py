@@ -45,13 +45,15 @@ SCORER_DIR = "scorer"
 
 
 class EmbedActor:
-    """Ray Data actor: MiniLM embeddings (and, given a scorer, the text tower E_text)."""
+    """Ray Data actor: MiniLM embeddings (and, given a scorer, the text tower E_text; a
+    scorer with a fine-tuned encoder replaces MiniLM by that encoder)."""
 
     def __init__(self, embedder: str, max_chars: int, scorer_dir: str | None = None) -> None:
         from icebreaker_ray.models import TextEncoder, set_offline
 
         set_offline()
-        self.encoder = TextEncoder(embedder)
+        # A scorer that fine-tuned its encoder must see that encoder's embeddings.
+        self.encoder = TextEncoder(scorer.text_encoder_path(scorer_dir) or embedder)
         self.max_chars = max_chars
         self.model = scorer.load_scorer(scorer_dir) if scorer_dir else None
         self.node = node_id()
@@ -251,19 +253,28 @@ def revisit_positive_ids(pairs: pd.DataFrame, later_before: set[str] | None = No
     return set(m["earlier_session_id"])
 
 
-def _profile_embeddings(cfg: Config, users: pd.DataFrame) -> dict[str, np.ndarray]:
-    from icebreaker_ray.models import TextEncoder
-
+def _profile_texts(cfg: Config, users: pd.DataFrame) -> dict[str, str]:
     prof = users[users["profile"].notna() & (users["profile"].astype(str).str.strip() != "")]
     if prof.empty or not cfg.scorer.use_profile:
         return {}
-    vecs = TextEncoder(cfg.models.embedder)(
-        [judge.clean_summary(p, cfg.judge.max_summary_chars) for p in prof["profile"]])
-    return dict(zip(prof["user_id"], vecs, strict=True))
+    return dict(zip(prof["user_id"], [judge.clean_summary(p, cfg.judge.max_summary_chars)
+                                      for p in prof["profile"]], strict=True))
 
 
-def training_examples(cfg: Config, users, sessions, emb, pairs, profiles):
-    """Pre-split sessions of every user, labelled by pre-split revisits (see module doc)."""
+def _profile_embeddings(cfg: Config, users: pd.DataFrame, encoder: str | None = None) -> dict[str, np.ndarray]:
+    """Embedded profiles (``encoder``: a scorer's fine-tuned encoder; default models.embedder)."""
+    from icebreaker_ray.models import TextEncoder
+
+    texts = _profile_texts(cfg, users)
+    if not texts:
+        return {}
+    vecs = TextEncoder(encoder or cfg.models.embedder)(list(texts.values()))
+    return dict(zip(texts, vecs, strict=True))
+
+
+def training_examples(cfg: Config, users, sessions, emb, pairs, profiles, texts: bool = False):
+    """Pre-split sessions of every user, labelled by pre-split revisits (see module doc).
+    ``texts``: also carry the summaries and profiles as text (fine-tuning the encoder)."""
     days = _days(sessions["ts"])
     t_split = split_time(days, cfg.scorer.holdout_fraction)
     pre = days < t_split
@@ -272,7 +283,11 @@ def training_examples(cfg: Config, users, sessions, emb, pairs, profiles):
     m = pairs[(pairs["label"] == judge.MATCH) & pairs["later_session_id"].isin(pre_ids)]
     data = scorer.build_user_examples(users["user_id"].tolist(), sessions.loc[pre, "user_id"].to_numpy(),
                                       sessions.loc[pre, "session_id"].to_numpy(), emb[pre], positives,
-                                      profiles, revisit_ids=set(m["later_session_id"]))
+                                      profiles, revisit_ids=set(m["later_session_id"]),
+                                      texts=sessions.loc[pre, "summary"].map(
+                                          lambda t: judge.clean_summary(t, cfg.judge.max_summary_chars)
+                                      ).to_numpy() if texts else None,
+                                      profile_text=_profile_texts(cfg, users) if texts else None)
     return data, t_split
 
 
@@ -286,20 +301,19 @@ def train_scorer(cfg: Config, out: str) -> dict[str, Any]:
     pos = dict(zip(cached["session_id"], range(len(cached["session_id"])), strict=True))
     emb = cached["emb"][[pos[s] for s in sessions["session_id"]]] if len(sessions) else cached["emb"]
     profiles = _profile_embeddings(cfg, users)
-    data, t_split = training_examples(cfg, users, sessions, emb, pairs, profiles)
+    finetune = cfg.scorer.finetune_text_encoder
+    encoder = (cfg.scorer.text_encoder or cfg.models.embedder) if finetune else None
+    data, t_split = training_examples(cfg, users, sessions, emb, pairs, profiles, texts=finetune)
     if len(data) == 0:
         raise RuntimeError("train-scorer: no user has a session before the holdout split; nothing to train on")
-    if cfg.scorer.finetune_text_encoder:
-        # Not built yet (issue 4 follow-up): the heads train on frozen embeddings instead.
-        log.warning("scorer.finetune_text_encoder is not implemented yet; training heads on frozen "
-                    "%s embeddings", cfg.models.embedder)
     init_ray(cfg)
-    untrained = scorer.new_model(data, cfg.scorer, cfg.run.seed)
+    untrained = scorer.new_model(data, cfg.scorer, cfg.run.seed, encoder)
     loss_before = scorer.evaluate_loss(untrained, data, cfg.scorer)
+    del untrained
     writer = io.StageWriter(out, "train-scorer")
     model, history, result = scorer.train_scorer_on_ray(
         data, cfg.scorer, io.join(out, "_ray_train"), run_name=f"train-scorer-{_stage('train-scorer').fingerprint(cfg)}",
-        seed=cfg.run.seed)
+        seed=cfg.run.seed, encoder=encoder)
     loss_after = scorer.evaluate_loss(model, data, cfg.scorer)
     scorer.save_scorer(model, _local_dir(writer.path(SCORER_DIR)),
                        {"t_split_days": t_split, "embedder": cfg.models.embedder})
@@ -309,7 +323,7 @@ def train_scorer(cfg: Config, out: str) -> dict[str, Any]:
         "positives": int(sum((lab > 0.5).sum() for lab in data.labels)), "t_split_days": t_split,
         "loss_untrained": loss_before, "loss_trained": loss_after, "epoch_losses": history,
         "workers": cfg.scorer.num_workers, "checkpoint": str(result.checkpoint.path),
-        "text_encoder": "frozen",
+        "text_encoder": f"finetuned from {encoder}" if finetune else f"frozen {cfg.models.embedder}",
     }
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     return writer.commit(fingerprint=_stage("train-scorer").fingerprint(cfg), metrics=metrics,
@@ -329,7 +343,7 @@ def distill_interests(cfg: Config, out: str) -> dict[str, Any]:
     summaries = [judge.clean_summary(s, cfg.judge.max_summary_chars) for s in sessions["summary"]]
     enc = embed_rows(cfg, summaries, scorer_dir=scorer_dir, batch_size=cfg.scorer.score_batch_size,
                      num_actors=cfg.scorer.num_actors)
-    profiles = _profile_embeddings(cfg, users)
+    profiles = _profile_embeddings(cfg, users, scorer.text_encoder_path(scorer_dir))
     bucket_of = dict(zip(users["user_id"], users["activity_bucket"], strict=True))
     uid = sessions["user_id"].to_numpy()
     buckets = np.array([bucket_of.get(u, 0) for u in uid], int)

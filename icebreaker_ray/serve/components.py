@@ -92,7 +92,8 @@ class InterestDistillerCore:
         from icebreaker_ray.models import TextEncoder
 
         self.cfg = cfg
-        self.encoder = encoder or TextEncoder(cfg.models.embedder)
+        # A scorer trained with its own fine-tuned encoder scores that encoder's embeddings.
+        self.encoder = encoder or TextEncoder(scorer.text_encoder_path(art.scorer_dir) or cfg.models.embedder)
         self.scorer = scorer.load_scorer(art.scorer_dir) if art.scorer_dir else None
         self.thresholds: list[float] | None = None
         if art.thresholds_json:
