@@ -10,7 +10,7 @@ import pytest
 
 from icebreaker_ray.config import load_config
 from icebreaker_ray.eval.report import FIGURES, REQUIRED_SECTIONS, render_markdown, write_report
-from icebreaker_ray.eval.stage import ab_lifts, histories
+from icebreaker_ray.eval.stage import ab_lifts, histories, pair_agreement
 
 
 def _events(users, clicks, sessions, day0=20):
@@ -77,7 +77,29 @@ def _results() -> dict:
                       "baseline": ["b?"], "generated": ["g?"]}],
         "stages": {"simulate": 20.0, "sft": 100.0},
         "topic_classifier_train_accuracy": 0.95,
+        "pairs_vs_oracle": {"mined, round 0": {"utility": {"pairs": 2, "chosen_wins": 0.75,
+                                                           "chosen_p_click": 0.3, "rejected_p_click": 0.2}}},
     }
+
+
+def test_pair_agreement_hand_case():
+    # per-slot click probabilities: the user clicks "good" starters with 0.2, others 0.05
+    def probs(lists):
+        return {u: np.array([0.2 if s.startswith("good") else 0.05 for s in v]) for u, v in lists.items()}
+
+    pairs = [
+        {"user_id": "a", "chosen": ["good 1", "good 2"], "rejected": ["bad 1", "bad 2"], "negative_type": "utility"},
+        {"user_id": "a", "chosen": ["bad 1", "bad 2"], "rejected": ["good 1", "bad 3"], "negative_type": "utility"},
+        {"user_id": "b", "chosen": ["good 1", "bad 1"], "rejected": ["bad 2", "good 2"], "negative_type": "joint"},
+        {"user_id": "c", "chosen": ["good 1"], "rejected": ["bad 1"]},  # logged feedback: no type
+    ]
+    got = pair_agreement(pairs, probs)
+    # chosen/rejected P(click any): (0.4, 0.1) win, (0.1, 0.25) loss, (0.25, 0.25) tie, (0.2, 0.05) win
+    assert got["utility"] == {"pairs": 2, "chosen_wins": 0.5, "chosen_p_click": pytest.approx(0.25),
+                              "rejected_p_click": pytest.approx(0.175)}
+    assert got["joint"]["chosen_wins"] == 0.5 and got["joint"]["pairs"] == 1
+    assert got["all"]["pairs"] == 4 and got["all"]["chosen_wins"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    assert pair_agreement([], probs) == {}
 
 
 def test_report_has_every_table_and_figure(tmp_path):
@@ -90,6 +112,7 @@ def test_report_has_every_table_and_figure(tmp_path):
     assert "| ICEBREAKER | 30.0% | 30.0% | 15.0% | 15.0% | 15.0% | 5.0% |" in md
     assert "+10.0% [-5.0, +20.0] p=0.300" in md
     assert "s / 1" in md  # a pipe inside a summary does not break the table
+    assert "| mined, round 0 | utility | 2 | 75.0% | 30.0% | 20.0% |" in md
     writer = io.StageWriter(str(tmp_path), "evaluate")
     write_report(writer, _results(), cfg)
     for name in ("report.md", *FIGURES):

@@ -21,7 +21,8 @@ def test_quick_pipeline_end_to_end(tmp_path, ray_local, tiny_generator):
     cfg = load_config("configs/quick.yaml", [f"models.generator={tiny_generator}",
                                              "sft.max_steps=2", "sft.save_steps=1",
                                              "dpo.max_steps=2", "dpo.save_steps=1",
-                                             "eval.ab_days=3",
+                                             "eval.ab_days=3", "eval.max_users=8",
+                                             "eval.ablation_users=4", "eval.n_boot=100",
                                              # the random model writes no usable starters: keep
                                              # its sampling short and fill the mining pools with
                                              # teacher starters, so that DPO gets pairs

@@ -101,6 +101,22 @@ def _examples(examples: list[Mapping[str, Any]]) -> str:
             "|---|---|---|---|---|\n" + "\n".join(blocks))
 
 
+def _pairs_section(agreement: Mapping[str, Mapping[str, Mapping[str, float]]] | None) -> str:
+    """Preference pairs graded by the oracle (eval.stage.pairs_vs_oracle)."""
+    if not agreement:
+        return ""
+    rows = [f"| {source} | {kind} | {v['pairs']} | {_f(v['chosen_wins'], pct=True)} | "
+            f"{_f(v['chosen_p_click'], pct=True)} | {_f(v['rejected_p_click'], pct=True)} |"
+            for source, kinds in agreement.items()
+            for kind, v in sorted(kinds.items(), key=lambda kv: kv[0] == "all") if v.get("pairs")]
+    return ("## Preference pairs vs the oracle\n\n"
+            "Does the chosen list of each DPO pair really get more clicks? The oracle's probability\n"
+            "that the user clicks any starter of the chosen and of the rejected list; \"chosen wins\"\n"
+            "is the share of pairs where the chosen list is the likelier one (50% = no signal).\n\n"
+            "| pairs | negative type | n | chosen wins | chosen P(click) | rejected P(click) |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
+
+
 def render_markdown(results: Mapping[str, Any], cfg: Config) -> str:
     c = results["config"]
     t1 = results["table1"]
@@ -152,7 +168,7 @@ learned grader over-rates a method (reward hacking shows up as a large positive 
 
 {_rounds_table(results.get('rounds', []))}
 
-## Topic distribution (Fig. 3 analogue)
+{_pairs_section(results.get('pairs_vs_oracle'))}## Topic distribution (Fig. 3 analogue)
 
 From raw summaries to trigger interests to generated starters, by the topic classifier
 (train accuracy on catalog phrasing {_f(results.get('topic_classifier_train_accuracy'), pct=True)}).

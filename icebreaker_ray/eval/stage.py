@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -177,6 +177,51 @@ class Grader:
 
 
 # ----------------------------------------------------------------------------- the A/B test
+
+
+def pair_agreement(pairs: Sequence[Mapping[str, Any]],
+                   click_probs: Callable[[Mapping[str, Sequence[str]]], Mapping[str, np.ndarray]],
+                   ) -> dict[str, dict[str, float]]:
+    """Do preference pairs point the way the user's true clicks would? For each pair, the
+    probability that the user clicks any starter of the chosen and of the rejected list
+    (``click_probs``: {user: list} -> {user: per-slot probabilities}, e.g. the oracle); per
+    negative type (and "all"): the share of pairs whose chosen list is the likelier to be
+    clicked (ties count half), the mean of both, and the number of pairs. A share near 50%
+    means the pairs teach the generator nothing about clicks."""
+    rows: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for pair in pairs:
+        uid = pair["user_id"]
+        chosen = float(np.sum(click_probs({uid: list(pair["chosen"])}).get(uid, 0.0)))
+        rejected = float(np.sum(click_probs({uid: list(pair["rejected"])}).get(uid, 0.0)))
+        for key in (pair.get("negative_type") or "all", "all") if pair.get("negative_type") else ("all",):
+            rows[key].append((chosen, rejected))
+    out = {}
+    for key, values in rows.items():
+        c, r = np.array(values).T
+        out[key] = {"pairs": len(values), "chosen_wins": float(np.mean((c > r) + 0.5 * (c == r))),
+                    "chosen_p_click": float(c.mean()), "rejected_p_click": float(r.mean())}
+    return out
+
+
+def pairs_vs_oracle(cfg: Config, out: str, rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """pair_agreement under the oracle for every set of training pairs: round 0's mined and
+    logged-feedback pairs in the world where the logs end, each later round's mined pairs in
+    the world that round's deployment left (where they were mined)."""
+    def read(*parts: str) -> list[dict[str, Any]]:
+        uri = io.join(out, *parts)
+        return io.read_table(uri, "preference_pairs", allow_empty=True).to_pylist() if io.exists(uri) else []
+
+    def agreement(pairs, state_name: str | None) -> dict[str, Any]:
+        state = load_state(out, cfg, state_name)
+        return pair_agreement(pairs, lambda lists: oracle_click_probabilities(state, lists))
+
+    result = {"mined, round 0": agreement(read("mine", "preference_pairs.parquet"), None),
+              "logged feedback (SFT+DPO)": agreement(read("mine", "feedback_pairs.parquet"), None)}
+    for r in rounds:
+        if "day_end" in r:
+            result[f"mined, round {r['round']}"] = agreement(
+                read("iterate", f"round-{r['round']}", "preference_pairs.parquet"), f"round-{r['round']}")
+    return result
 
 
 def _aligned(per_user: dict[str, np.ndarray], users: Sequence[str]) -> dict[str, np.ndarray]:
@@ -363,6 +408,8 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
         results["topics"] = _topic_shares(ev, users, tables["ICEBREAKER"])
         results["examples"] = _examples(ev, users, base, as_dict(tables["ICEBREAKER"]), e.examples)
         results["rounds"] = (io.read_manifest(out, "iterate") or {}).get("metrics", {}).get("rounds", [])
+        if ev.state is not None:
+            results["pairs_vs_oracle"] = pairs_vs_oracle(cfg, out, results["rounds"])
         results["stages"] = _stage_times(out)
         results["topic_classifier_train_accuracy"] = ev.grader.topics.train_accuracy
         writer.write_json("lists.json", {k: as_dict(t) for k, t in tables.items()})
