@@ -8,6 +8,8 @@ report holds every table. Quality is measured with the real models by `make demo
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pipeline_support import check_run
 
@@ -23,6 +25,9 @@ def test_quick_pipeline_end_to_end(tmp_path, ray_local, tiny_generator):
                                              "dpo.max_steps=2", "dpo.save_steps=1",
                                              "eval.ab_days=3", "eval.max_users=8",
                                              "eval.ablation_users=4", "eval.n_boot=100",
+                                             # Table 9 (three more tiny DPO runs): off in the
+                                             # presets on CPU, so this is where it runs
+                                             "eval.negative_ablation=true",
                                              # the random model writes no usable starters: keep
                                              # its sampling short and fill the mining pools with
                                              # teacher starters, so that DPO gets pairs
@@ -35,6 +40,14 @@ def test_quick_pipeline_end_to_end(tmp_path, ray_local, tiny_generator):
     assert all(status in ("running", "done") for _, status in seen)
     manifests = check_run(out)
     assert manifests["iterate"]["metrics"]["rounds"][0]["round"] == 1
+    results = json.loads((tmp_path / "run" / "evaluate" / "metrics.json").read_text())
+    t9 = results["table9"]
+    assert set(t9) == {"utility only", "diversity only", "joint only", "hierarchical"}
+    graded = [row for row in t9.values() if "r_user_f" in row]
+    assert len(graded) >= 2 and all(row["users"] > 0 for row in graded)  # >= 1 type + hierarchical
+    assert all("skipped" in row for row in t9.values() if "r_user_f" not in row)
+    agreement = results["pairs_vs_oracle"]["mined, round 0"]["all"]
+    assert agreement["pairs"] > 0 and 0.0 <= agreement["chosen_wins"] <= 1.0
     # A rerun finds every stage complete and skips it.
     again = run_pipeline(cfg, out)
     assert all(m.get("skipped") for _, m in again)

@@ -108,7 +108,8 @@ def _pairs_section(agreement: Mapping[str, Mapping[str, Mapping[str, float]]] | 
     rows = [f"| {source} | {kind} | {v['pairs']} | {_f(v['chosen_wins'], pct=True)} | "
             f"{_f(v['chosen_p_click'], pct=True)} | {_f(v['rejected_p_click'], pct=True)} |"
             for source, kinds in agreement.items()
-            for kind, v in sorted(kinds.items(), key=lambda kv: kv[0] == "all") if v.get("pairs")]
+            for kind, v in sorted(kinds.items(), key=lambda kv: kv[0] == "all")
+            if v.get("pairs") and not (kind == "all" and len(kinds) == 2)]  # "all" = the one type
     return ("## Preference pairs vs the oracle\n\n"
             "Does the chosen list of each DPO pair really get more clicks? The oracle's probability\n"
             "that the user clicks any starter of the chosen and of the rejected list; \"chosen wins\"\n"
