@@ -193,7 +193,8 @@ def pair_agreement(pairs: Sequence[Mapping[str, Any]],
         uid = pair["user_id"]
         chosen = float(np.sum(click_probs({uid: list(pair["chosen"])}).get(uid, 0.0)))
         rejected = float(np.sum(click_probs({uid: list(pair["rejected"])}).get(uid, 0.0)))
-        for key in (pair.get("negative_type") or "all", "all") if pair.get("negative_type") else ("all",):
+        kind = pair.get("negative_type")
+        for key in (kind, "all") if kind else ("all",):
             rows[key].append((chosen, rejected))
     out = {}
     for key, values in rows.items():

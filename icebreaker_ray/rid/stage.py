@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io as _io
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,6 @@ from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.raykit import init_ray, node_id
 from icebreaker_ray.rid import gating, judge, scorer
-
-log = logging.getLogger(__name__)
 
 EMBEDDINGS_FILE = "session_embeddings.npz"
 SCORER_DIR = "scorer"
@@ -300,8 +297,9 @@ def train_scorer(cfg: Config, out: str) -> dict[str, Any]:
     cached = _load_npz(io.join(out, "label-revisits", EMBEDDINGS_FILE))
     pos = dict(zip(cached["session_id"], range(len(cached["session_id"])), strict=True))
     emb = cached["emb"][[pos[s] for s in sessions["session_id"]]] if len(sessions) else cached["emb"]
-    profiles = _profile_embeddings(cfg, users)
     finetune = cfg.scorer.finetune_text_encoder
+    # Fine-tuning embeds the profiles with the encoder being trained, from their text.
+    profiles = {} if finetune else _profile_embeddings(cfg, users)
     encoder = (cfg.scorer.text_encoder or cfg.models.embedder) if finetune else None
     data, t_split = training_examples(cfg, users, sessions, emb, pairs, profiles, texts=finetune)
     if len(data) == 0:
