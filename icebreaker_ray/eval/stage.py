@@ -212,8 +212,12 @@ def pairs_vs_oracle(cfg: Config, out: str, rounds: Sequence[Mapping[str, Any]]) 
         uri = io.join(out, *parts)
         return io.read_table(uri, "preference_pairs", allow_empty=True).to_pylist() if io.exists(uri) else []
 
+    states: dict[str | None, WorldState] = {}  # round 0's two pair sets share one world
+
     def agreement(pairs, state_name: str | None) -> dict[str, Any]:
-        state = load_state(out, cfg, state_name)
+        if state_name not in states:
+            states[state_name] = load_state(out, cfg, state_name)
+        state = states[state_name]
         return pair_agreement(pairs, lambda lists: oracle_click_probabilities(state, lists))
 
     result = {"mined, round 0": agreement(read("mine", "preference_pairs.parquet"), None),
