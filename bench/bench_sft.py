@@ -1,8 +1,11 @@
 """SFT step time: TRL SFTTrainer under Ray Train + DeepSpeed vs plain TRL in one process.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_sft.py --steps 10 --batch 4
+    # local-cpu's setup: one worker with both cores, bf16
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_sft.py --batch 8 --workers 1 --cpus-per-worker 2 --bf16
 
-Same model (SmolLM2-135M-Instruct by default), same SIT examples, same global batch:
+Same model (SmolLM2-135M-Instruct by default), same SIT examples, same global batch, same
+precision (fp32, or bf16 mixed precision on both sides with ``--bf16``):
 the baseline is one process with ``per_device_train_batch_size=batch`` and all threads;
 the project runs what the ``sft`` stage runs (:func:`icebreaker_ray.isg.sft.train_sft`):
 ``workers`` Ray Train workers with ``batch // workers`` sequences each and DeepSpeed
@@ -30,7 +33,8 @@ def corpus(n: int = 64) -> list[dict]:
             for s in subjects[:n]]
 
 
-def plain_trl(model_path: str, examples, batch: int, steps: int, max_length: int, out: str) -> float:
+def plain_trl(model_path: str, examples, batch: int, steps: int, max_length: int, out: str,
+              bf16: bool = False) -> float:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
@@ -44,6 +48,8 @@ def plain_trl(model_path: str, examples, batch: int, steps: int, max_length: int
         model=AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32),
         args=SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch,
                        learning_rate=5e-5, max_length=max_length, use_cpu=True,
+                       # explicit: SFTConfig turns bf16 on by default where the CPU has it
+                       bf16=bf16,
                        completion_only_loss=True, save_strategy="steps", save_steps=steps,
                        save_only_model=True, report_to="none", disable_tqdm=True,
                        logging_steps=1000),
@@ -60,6 +66,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="global batch (sequences per step)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--zero", type=int, default=2)
+    ap.add_argument("--cpus-per-worker", type=int, default=1,
+                    help="CPUs (torch threads) per Ray Train worker")
+    ap.add_argument("--bf16", action="store_true", help="bf16 mixed precision on both sides")
     ap.add_argument("--max-length", type=int, default=256)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,22 +78,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         t = time.time()
         plain = plain_trl(model_path, examples, args.batch, args.steps, args.max_length,
-                          os.path.join(tmp, "plain"))
+                          os.path.join(tmp, "plain"), bf16=args.bf16)
         plain_wall = time.time() - t
         from icebreaker_ray.raykit import init_ray
 
-        init_ray(num_cpus=args.workers)
-        train = TrainSection(num_workers=args.workers, zero_stage=args.zero, max_steps=args.steps,
+        init_ray(num_cpus=args.workers * args.cpus_per_worker)
+        train = TrainSection(num_workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                             zero_stage=args.zero, max_steps=args.steps,
                              save_steps=args.steps, per_device_batch_size=args.batch // args.workers,
-                             max_length=args.max_length)
+                             max_length=args.max_length, bf16=args.bf16)
         t = time.time()
         result = train_sft(examples, model_path, train, os.path.join(tmp, "rt"), "bench-sft")
         ray_wall = time.time() - t
         ray_s = [h["step_time_s"] for h in training_log(result) if "step_time_s" in h][-1]
-    print(f"model {args.model}, global batch {args.batch}, max_length {args.max_length}, "
+    print(f"model {args.model}, {'bf16' if args.bf16 else 'fp32'}, global batch {args.batch}, "
+          f"max_length {args.max_length}, "
           f"{args.steps} steps (median step time after 2 warm-up steps)")
     print(f"plain TRL, 1 process, batch {args.batch}: {plain:.2f} s/step (wall {plain_wall:.0f} s)")
-    print(f"Ray Train {args.workers} workers x {args.batch // args.workers} + DeepSpeed ZeRO-{args.zero}: "
+    print(f"Ray Train {args.workers} workers x {args.batch // args.workers} sequences "
+          f"x {args.cpus_per_worker} CPUs + DeepSpeed ZeRO-{args.zero}: "
           f"{ray_s:.2f} s/step (wall {ray_wall:.0f} s incl. Ray/DeepSpeed start)")
     print(f"ratio (Ray Train + DeepSpeed / plain TRL): {ray_s / plain:.2f}x")
 

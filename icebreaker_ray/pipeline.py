@@ -12,6 +12,7 @@ job scripts and the tests all call :func:`run_stage`; nothing is implemented twi
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any
 
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
+
+log = logging.getLogger(__name__)
 
 
 class StageNotBuilt(RuntimeError):
@@ -108,6 +111,9 @@ def run_stage(name: str, cfg: Config, out: str, *, force: bool = False) -> dict[
             f"stage '{name}' needs the outputs of {', '.join(missing)} in {out}; "
             f"run them first (or run the whole pipeline)"
         )
+    if io.begin_attempt(out, name, fingerprint, fresh=force):
+        log.warning("%s: cleared %s, which an earlier run with another config (or --force) "
+                    "left behind", name, io.stage_dir(out, name))
     started = time.time()
     manifest = fn(cfg, out)
     # The wall time of the whole stage (the stage's own writer only sees its last part).

@@ -129,21 +129,33 @@ def fit_on_ray(loop, loop_config: dict, *, num_workers: int, run_name: str, stor
     return trainer.fit()
 
 
+def split_blocks(table: pa.Table, actors: int, batch_size: int) -> list[pa.Table]:
+    """``table`` cut into equal slices of at most ``batch_size`` rows, as many as a multiple
+    of ``actors``: a small table is otherwise one block, which keeps all but one actor of a
+    pool idle, and 3 blocks on 2 actors leave one idle for the last third of the work."""
+    n = max(actors, -(-table.num_rows // batch_size), 1)
+    n = -(-n // actors) * actors
+    step = max(1, -(-table.num_rows // n))
+    return [table.slice(i, step) for i in range(0, table.num_rows, step)] or [table]
+
+
 def map_actor_pool(table: pa.Table, actor, kwargs: dict[str, Any], actors: int, batch_size: int,
                    empty: pa.Schema) -> pa.Table:
     """Ray Data map_batches of ``actor`` over ``table`` on a fixed-size actor pool;
     returns the concatenated output (``empty``'s schema when nothing came back)."""
+    return map_blocks(split_blocks(table, actors, batch_size), actor, kwargs, actors, empty)
+
+
+def map_blocks(blocks: list[pa.Table], actor, kwargs: dict[str, Any], actors: int,
+               empty: pa.Schema) -> pa.Table:
+    """:func:`map_actor_pool` over ready-cut blocks: each block is one batch (one call)."""
     import pyarrow as pa
     import ray
 
-    # One block per batch, at least one per actor: a small table is otherwise one block,
-    # which keeps all but one actor of the pool idle. The batch size is the block size,
-    # or Ray Data would bundle small blocks back into one batch for one actor.
-    n = max(actors, -(-table.num_rows // batch_size), 1)
-    step = max(1, -(-table.num_rows // n))
-    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)] or [table]
     ds = ray.data.from_arrow(blocks).map_batches(
-        actor, fn_constructor_kwargs=kwargs, batch_size=step, batch_format="pyarrow",
+        # batch_size=None: the block is the batch. A row count would let Ray Data bundle
+        # small blocks back into one batch for one actor.
+        actor, fn_constructor_kwargs=kwargs, batch_size=None, batch_format="pyarrow",
         # One batch in flight per actor: the first actor to finish loading its model
         # would otherwise take every queued batch while the others are still starting.
         compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1), num_cpus=1,

@@ -125,3 +125,48 @@ def test_every_table_has_schema_and_description():
     for name in (*INPUT_TABLES, "revisit_pairs", "interests", "sit_corpus", "candidates",
                  "preference_pairs"):
         assert name in SCHEMAS and "user_id" in describe(name)
+
+
+def test_begin_attempt_keeps_a_same_config_attempt_and_clears_any_other(tmp_path):
+    root = str(tmp_path)
+    ckpt = tmp_path / "sft" / "ray-train" / "checkpoint_1"
+
+    def leave_checkpoint() -> None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / "state").write_text("step 12")
+
+    assert io.begin_attempt(root, "sft", "aaaa") is False  # nothing there yet
+    leave_checkpoint()
+    assert io.begin_attempt(root, "sft", "aaaa") is False and ckpt.is_dir()  # resume
+    assert io.begin_attempt(root, "sft", "bbbb") is True and not ckpt.exists()  # new config
+    assert io.read_json(str(tmp_path / "sft" / io.ATTEMPT))["fingerprint"] == "bbbb"
+    leave_checkpoint()
+    assert io.begin_attempt(root, "sft", "bbbb", fresh=True) is True and not ckpt.exists()
+    # a completed run of another config, from before attempts were recorded
+    (tmp_path / "sft" / io.ATTEMPT).unlink()
+    leave_checkpoint()
+    io.write_json(str(tmp_path / "sft" / io.MANIFEST), {"fingerprint": "cccc", "files": {}})
+    assert io.begin_attempt(root, "sft", "bbbb") is True and not ckpt.exists()
+
+
+def test_run_stage_resumes_the_same_config_and_starts_clean_after_a_change(tmp_path, monkeypatch):
+    from icebreaker_ray.config import load_config
+    from icebreaker_ray.pipeline import Stage, run_stage
+
+    seen: list[bool] = []
+
+    def killed_stage(cfg, out):
+        # what a training stage finds from earlier attempts, then dies leaving a checkpoint
+        ckpt = tmp_path / "simulate" / "ray-train" / "checkpoint_1"
+        seen.append(ckpt.is_dir())
+        ckpt.mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(Stage, "function", lambda self: killed_stage)
+    cfg, out = load_config("quick"), str(tmp_path)
+    for config, force in ((cfg, False), (cfg, False), (load_config("quick", ["sim.num_users=50"]), False),
+                          (load_config("quick", ["sim.num_users=50"]), True)):
+        with pytest.raises(RuntimeError, match="killed"):
+            run_stage("simulate", config, out, force=force)
+    # first attempt: empty; rerun: resumes; changed config: clean; --force: clean
+    assert seen == [False, True, False, False]

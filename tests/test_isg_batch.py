@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from icebreaker_ray.config import load_config
-from icebreaker_ray.isg.batch import LISTS_SCHEMA, complete_share, generate_lists
+from icebreaker_ray.isg.batch import LISTS_SCHEMA, complete_share, generate_lists, generate_many
 from icebreaker_ray.isg.generate import GenerationParams
 
 REQUESTS = pa.table({
@@ -45,3 +45,37 @@ def test_sampling_is_deterministic_for_a_seed_and_changes_with_it(ray_local):
     other = generate_lists(REQUESTS, model, cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": 5})}),
                            _params())
     assert not other.column("sampled").equals(a.column("sampled"))
+
+
+@pytest.mark.integration
+def test_one_pass_over_several_models_gives_each_job_its_own_lists(ray_local, tiny_generator):
+    from icebreaker_ray.models import resolve_generator
+
+    model = resolve_generator("smollm2-135m-instruct")
+    cfg = load_config("configs/quick.yaml")
+    two = REQUESTS.slice(0, 2)
+    smol, tiny, smol_two = generate_many([(model, REQUESTS), (tiny_generator, REQUESTS), (model, two)],
+                                         cfg, _params())
+    # each job is what it would be alone, though the actors swapped models in between
+    assert smol.equals(generate_lists(REQUESTS, model, cfg, _params()))
+    assert smol_two.equals(generate_lists(two, model, cfg, _params()))
+    assert smol_two.column("user_id").to_pylist() == ["u1", "u3"]
+    assert tiny.schema == LISTS_SCHEMA and tiny.column("user_id").to_pylist() == ["u1", "u2", "u3"]
+    # the random model's rows really came from the random model: SmolLM2 writes valid
+    # starters, the random model none
+    assert sum(len(x) for x in smol.column("sampled").to_pylist()) > 0
+    assert sum(len(x) for x in tiny.column("sampled").to_pylist()) == 0
+    assert set(tiny.column("reason").to_pylist()) == {"too_few_valid"}
+
+
+def test_blocks_are_even_and_come_in_multiples_of_the_actors():
+    from icebreaker_ray.raykit import split_blocks
+
+    def sizes(rows: int, actors: int = 2, batch: int = 8) -> list[int]:
+        return [b.num_rows for b in split_blocks(pa.table({"x": list(range(rows))}), actors, batch)]
+
+    assert sizes(24) == [6, 6, 6, 6]  # not 8, 8, 8: one actor idle for the last third
+    assert sizes(40) == [7, 7, 7, 7, 7, 5]
+    assert sizes(12) == [6, 6] and sizes(3) == [2, 1] and sizes(1) == [1]
+    assert sizes(9, actors=3, batch=2) == [2, 2, 2, 2, 1]  # 5 of 6 slots: the rows run out
+    assert sizes(0) == [0]

@@ -60,8 +60,10 @@ def test_sft_stage_changes_parameters_and_lowers_loss(tiny_generator, ray_local,
     writer = io.StageWriter(out, "distill-corpus")
     writer.write_table("sit_corpus", pa.Table.from_pylist(_corpus()))
     writer.commit(fingerprint="test")
+    # local-cpu's training setup: one two-core worker, DeepSpeed ZeRO-2, bf16
     cfg = load_config("quick", [f"models.generator={tiny_generator}", "sft.num_workers=1",
-                                "sft.zero_stage=0", "sft.max_steps=12", "sft.save_steps=12",
+                                "sft.cpus_per_worker=2", "sft.zero_stage=2", "sft.bf16=true",
+                                "sft.max_steps=12", "sft.save_steps=12",
                                 "sft.learning_rate=0.003", "sft.per_device_batch_size=4",
                                 "sft.max_length=160", "run.name=t-stage"])
     manifest = run_stage("sft", cfg, out)

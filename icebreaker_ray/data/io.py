@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from icebreaker_ray.data.schemas import ALLOWED_VALUES, OPTIONAL, schema
 
 MANIFEST = "_manifest.json"
+ATTEMPT = "_attempt.json"  # the config fingerprint of the latest (maybe unfinished) run
 
 
 class DataError(ValueError):
@@ -259,6 +260,30 @@ class StageWriter:
         }
         write_json(join(self.dir, MANIFEST), manifest)
         return manifest
+
+
+def begin_attempt(root: str, stage: str, fingerprint: str, *, fresh: bool = False) -> bool:
+    """Prepare ``stage``'s directory for a run with config ``fingerprint``; True if cleared.
+
+    What an earlier attempt left (outputs, Ray Train checkpoints) is kept for resuming only
+    when that attempt ran the same config. After a config change, or with ``fresh``, the
+    directory is cleared first: a training stage would otherwise resume from a checkpoint
+    of the old config (or finish at once from a completed run's last checkpoint).
+    """
+    directory = stage_dir(root, stage)
+    previous = None
+    for name in (ATTEMPT, MANIFEST):  # the latest attempt first, then the last completed run
+        uri = join(directory, name)
+        if exists(uri):
+            previous = read_json(uri).get("fingerprint")
+            break
+    cleared = False
+    if exists(directory) and (fresh or (previous is not None and previous != fingerprint)):
+        fs, path = resolve(directory)
+        fs.delete_dir(path)
+        cleared = True
+    write_json(join(directory, ATTEMPT), {"fingerprint": fingerprint, "started": time.time()})
+    return cleared
 
 
 def read_manifest(root: str, stage: str) -> dict[str, Any] | None:

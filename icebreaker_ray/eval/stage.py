@@ -4,7 +4,7 @@
 
 On held-out users (``eval.holdout_fraction``: never mined, never trained on, never shown
 a generated list during the self-reinforced rounds), every method generates one filtered
-list per user through Ray Data (``isg.batch.generate_lists``):
+list per user through Ray Data (``isg.batch.generate_many``, one pass for all methods):
 
 | method | model | prompt input |
 |---|---|---|
@@ -40,7 +40,7 @@ from icebreaker_ray.data import io
 from icebreaker_ray.data.splits import is_holdout
 from icebreaker_ray.eval import metrics as M
 from icebreaker_ray.eval.topics import TopicClassifier
-from icebreaker_ray.isg.batch import complete_share, generate_lists
+from icebreaker_ray.isg.batch import complete_share, generate_many
 from icebreaker_ray.isg.generate import GenerationParams
 from icebreaker_ray.isg.stage import MODEL_DIR, VANILLA_DIR, dpo_round, local_model
 from icebreaker_ray.models import TextEncoder, resolve_generator
@@ -315,16 +315,31 @@ class Evaluation:
             self._models[uri] = local_model(uri, tempfile.mkdtemp(dir=self.tmp))
         return self._models[uri]
 
+    def _missing(self, uri: str, source: str, users: Sequence[str]) -> bool:
+        cached = self._lists.get((uri, source))
+        return cached is None or not set(users) <= set(cached.column("user_id").to_pylist())
+
+    def prefetch(self, wanted: Sequence[tuple[str, str, Sequence[str]]]) -> None:
+        """Generate every ``(model uri, prompt input, users)`` not cached yet in one Ray Data
+        pass (``generate_many``): one actor pool for all methods and ablations."""
+        todo: dict[tuple[str, str], list[str]] = {}
+        for uri, source, users in wanted:
+            if self._missing(uri, source, users):
+                todo.setdefault((uri, source), [])
+                todo[(uri, source)] = sorted(set(todo[(uri, source)]) | set(users))
+        if not todo:
+            return
+        jobs = [(uri if uri == self.base_model else self.model(uri),
+                 _requests(users, {u: self.prompt_input(source, u) for u in users}))
+                for (uri, source), users in todo.items()]
+        for key, table in zip(todo, generate_many(jobs, self.cfg, self.params), strict=True):
+            self._lists[key] = table
+
     def generate(self, uri: str, source: str, users: Sequence[str]) -> pa.Table:
         """One list per user from the model at ``uri`` prompted with ``source``."""
-        key = (uri, source)
-        cached = self._lists.get(key)
-        if cached is None or not set(users) <= set(cached.column("user_id").to_pylist()):
-            requests = _requests(users, {u: self.prompt_input(source, u) for u in users})
-            model = uri if uri == self.base_model else self.model(uri)
-            cached = generate_lists(requests, model, self.cfg, self.params)
-            self._lists[key] = cached
-        return restrict(cached, users)
+        if self._missing(uri, source, users):
+            self.prefetch([(uri, source, users)])
+        return restrict(self._lists[(uri, source)], users)
 
     def baseline(self, users: Sequence[str]) -> dict[str, list[str]]:
         """R_u: the deployed retrieval policy's list for each user on the evaluation day."""
@@ -369,9 +384,22 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
         base = ev.baseline(users)
         base_f, base_o = ev.grader.f_scores(base), ev.grader.oracle_scores(base)
 
+        # Ablations (Tables 6, 7, 9) run on a seeded subset of the same users.
+        ab_users = users
+        if e.ablation_users and len(users) > e.ablation_users:
+            rng = np.random.default_rng([cfg.run.seed, 1])
+            ab_users = sorted(rng.choice(users, e.ablation_users, replace=False).tolist())
+        final = final_model(out)
+        table6 = (("None (recent summaries)", "recent"), ("Rule-based", "rule"), ("RID", "interests"))
+        # Every list Tables 1, 6 and 7 need, sampled in one pass, model by model.
+        specs = _method_specs(ev, out)
+        ev.prefetch([(uri, source, users) for _, uri, source in specs if uri is not None]
+                    + [(final, source, ab_users) for _, source in table6]
+                    + [(uri, "interests", ab_users) for _, uri in round_models(out)])
+
         # Table 1: every method on the held-out users.
         tables: dict[str, pa.Table] = {}
-        for name, uri, source in _method_specs(ev, out):
+        for name, uri, source in specs:
             if uri is None:
                 results.setdefault("skipped", {})[name] = "no model (e.g. no logged-feedback pairs)"
                 continue
@@ -383,16 +411,10 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
             table1[name] = ev.grade(table, base, base_f, base_o, corpus)
         results["table1"] = table1
 
-        # Ablations (Tables 6, 7, 9) on a seeded subset of the same users.
-        ab_users = users
-        if e.ablation_users and len(users) > e.ablation_users:
-            rng = np.random.default_rng([cfg.run.seed, 1])
-            ab_users = sorted(rng.choice(users, e.ablation_users, replace=False).tolist())
+        # Ablations (Tables 6, 7, 9) on ab_users.
         grade = lambda uri, source: ev.grade(ev.generate(uri, source, ab_users),  # noqa: E731
                                              base, base_f, base_o, corpus)
-        final = final_model(out)
-        results["table6"] = {label: grade(final, source) for label, source in (
-            ("None (recent summaries)", "recent"), ("Rule-based", "rule"), ("RID", "interests"))}
+        results["table6"] = {label: grade(final, source) for label, source in table6}
         results["table7"] = {label: grade(uri, "interests") for label, uri in round_models(out)}
         if e.negative_ablation:
             results["table9"] = _negative_ablation(ev, writer, out, grade)

@@ -6,23 +6,29 @@
     lists.column("alternatives")  # every other sampled list that passed on its own
     lists.column("sampled")       # every valid starter sampled, in order (a mining pool)
 
-Evaluation (one call per method), mining (the candidate pool C of Algorithm 1) and the
-self-reinforced rounds (the lists deployed in the simulated world, and the pools mined
-from the same samples) all sample through this one function, so a model is always
-judged on exactly what the filter lets out. Each actor holds one copy of the model;
-sampling is seeded from the user ids of each batch, so a run is reproducible whichever
-actor gets which batch.
+    # several (model, requests) jobs in one pass over one actor pool
+    sft_lists, dpo_lists = generate_many([(sft_dir, requests), (dpo_dir, requests)], cfg)
+
+Evaluation (every method and ablation in one ``generate_many`` pass), mining (the
+candidate pool C of Algorithm 1) and the self-reinforced rounds (the lists deployed in
+the simulated world, and the pools mined from the same samples) all sample through this
+module, so a model is always judged on exactly what the filter lets out. Each actor
+holds one model at a time and swaps it when a batch names another (jobs are laid out
+model by model, so an actor loads each model about once); sampling is seeded from the
+user ids of each batch, so a run is reproducible whichever actor gets which batch, and
+a job gives the same lists alone or in a ``generate_many`` pass.
 """
 
 from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from icebreaker_ray.raykit import map_actor_pool
+from icebreaker_ray.raykit import map_blocks, split_blocks
 
 if TYPE_CHECKING:
     from icebreaker_ray.config import Config
@@ -42,24 +48,56 @@ LISTS_SCHEMA = pa.schema([
 
 
 class ListGenerator:
-    """Ray Data actor holding a generator: (user_id, interests) -> filtered lists."""
+    """Ray Data actor holding a generator: (user_id, interests[, model]) -> filtered lists.
 
-    def __init__(self, model_dir: str, embedder: str, gen_params: GenerationParams, seed: int) -> None:
+    A batch with a ``model`` column is sampled from that model (loaded on first use, in
+    place of the one held before); without it, from ``model_dir``. A ``job`` column is
+    passed through.
+    """
+
+    def __init__(self, model_dir: str | None, embedder: str, gen_params: GenerationParams,
+                 seed: int) -> None:
         from icebreaker_ray.isg.filters import SafetyFilter
-        from icebreaker_ray.models import TextEncoder, load_generator
+        from icebreaker_ray.models import TextEncoder
 
-        self.model, self.tok = load_generator(model_dir)
+        self.default_model = model_dir
+        self.loaded: tuple[str, Any, Any] | None = None
         self.encoder = TextEncoder(embedder)
         self.params, self.seed = gen_params, seed
         self.safety = SafetyFilter(self.encoder, gen_params.filter_params())
 
+    def _model(self, model_dir: str) -> tuple[Any, Any]:
+        from icebreaker_ray.models import load_generator
+
+        if self.loaded is None or self.loaded[0] != model_dir:
+            self.loaded = None  # free the old weights before loading the new ones
+            self.loaded = (model_dir, *load_generator(model_dir))
+        return self.loaded[1], self.loaded[2]
+
     def __call__(self, batch: pa.Table) -> pa.Table:
+        names = batch.column_names
+        models = (batch.column("model").to_pylist() if "model" in names
+                  else [self.default_model] * batch.num_rows)
+        parts = []
+        # One generate() call per model in the batch (a batch holds one model unless Ray
+        # Data bundled blocks of two jobs together).
+        for model_dir in dict.fromkeys(models):
+            rows = [i for i, m in enumerate(models) if m == model_dir]
+            part = batch.take(rows) if len(rows) < batch.num_rows else batch
+            out = self._sample(model_dir, part)
+            if "job" in names:
+                out = out.append_column("job", part.column("job"))
+            parts.append(out)
+        return pa.concat_tables(parts)
+
+    def _sample(self, model_dir: str, batch: pa.Table) -> pa.Table:
         from icebreaker_ray.isg.generate import generate
 
+        model, tok = self._model(model_dir)
         users = batch.column("user_id").to_pylist()
         interests = batch.column("interests").to_pylist()
         seed = self.seed + zlib.crc32("|".join(users).encode()) % 1_000_000
-        results = generate(self.model, self.tok, interests, self.encoder, self.params,
+        results = generate(model, tok, interests, self.encoder, self.params,
                            seed=seed, safety=self.safety)
         rows: list[dict[str, Any]] = []
         for uid, res in zip(users, results, strict=True):
@@ -84,19 +122,39 @@ def generate_lists(requests: pa.Table, model_dir: str, cfg: Config,
     Runs ``actors`` (default ``search.num_actors``) generator actors over Ray Data; the
     caller has started Ray. Rows come back sorted by ``user_id``.
     """
+    return generate_many([(model_dir, requests)], cfg, params, actors=actors)[0]
+
+
+def generate_many(jobs: Sequence[tuple[str, pa.Table]], cfg: Config,
+                  params: GenerationParams | None = None, *,
+                  actors: int | None = None) -> list[pa.Table]:
+    """:func:`generate_lists` for several ``(model_dir, requests)`` jobs in one Ray Data
+    pass: one actor pool (started once, not once per job) works through every job's
+    batches, so the pool stays busy across jobs instead of idling on each job's last batch.
+    Returns one table per job, in order, each sorted by ``user_id``.
+    """
     import os
 
     from icebreaker_ray.isg.generate import GenerationParams
 
     params = params or GenerationParams.from_config(cfg)
-    if "://" not in model_dir:
-        model_dir = os.path.abspath(model_dir)  # Ray workers run in another directory
-    out = map_actor_pool(
-        requests.select(["user_id", "interests"]), ListGenerator,
-        dict(model_dir=model_dir, embedder=cfg.models.embedder, gen_params=params, seed=cfg.run.seed),
-        actors or cfg.search.num_actors, params.batch_size, LISTS_SCHEMA,
-    )
-    return out.sort_by("user_id")
+    actors = actors or cfg.search.num_actors
+    blocks: list[pa.Table] = []
+    for job, (model_dir, requests) in enumerate(jobs):
+        if "://" not in model_dir:
+            model_dir = os.path.abspath(model_dir)  # Ray workers run in another directory
+        table = requests.select(["user_id", "interests"])
+        table = table.append_column("model", pa.array([model_dir] * table.num_rows, pa.string()))
+        table = table.append_column("job", pa.array([job] * table.num_rows, pa.int32()))
+        # Each job is cut into batches exactly as it would be alone (same seeds, same lists).
+        blocks += [b for b in split_blocks(table, actors, params.batch_size) if b.num_rows]
+    out = map_blocks(blocks, ListGenerator,
+                     dict(model_dir=None, embedder=cfg.models.embedder, gen_params=params,
+                          seed=cfg.run.seed),
+                     actors, LISTS_SCHEMA.append(pa.field("job", pa.int32())))
+    job_ids = out.column("job").to_numpy(zero_copy_only=False)
+    lists = out.drop_columns(["job"])
+    return [lists.filter(pa.array(job_ids == j)).sort_by("user_id") for j in range(len(jobs))]
 
 
 def complete_share(lists: pa.Table) -> float:
