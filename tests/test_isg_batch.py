@@ -79,3 +79,10 @@ def test_blocks_are_even_and_come_in_multiples_of_the_actors():
     assert sizes(12) == [6, 6] and sizes(3) == [2, 1] and sizes(1) == [1]
     assert sizes(9, actors=3, batch=2) == [2, 2, 2, 2, 1]  # 5 of 6 slots: the rows run out
     assert sizes(0) == [0]
+
+
+def test_no_requests_give_empty_lists_without_starting_actors(tiny_generator):
+    cfg = load_config("configs/quick.yaml")
+    empty = REQUESTS.slice(0, 0)
+    out = generate_many([(tiny_generator, empty), (tiny_generator, empty)], cfg, _params())
+    assert [t.num_rows for t in out] == [0, 0] and all(t.schema == LISTS_SCHEMA for t in out)

@@ -79,8 +79,8 @@ class ListGenerator:
         models = (batch.column("model").to_pylist() if "model" in names
                   else [self.default_model] * batch.num_rows)
         parts = []
-        # One generate() call per model in the batch (a batch holds one model unless Ray
-        # Data bundled blocks of two jobs together).
+        # One generate() call per model in the batch. generate_many's batches hold one
+        # model each; grouping keeps a batch that mixes models correct all the same.
         for model_dir in dict.fromkeys(models):
             rows = [i for i, m in enumerate(models) if m == model_dir]
             part = batch.take(rows) if len(rows) < batch.num_rows else batch
@@ -148,6 +148,8 @@ def generate_many(jobs: Sequence[tuple[str, pa.Table]], cfg: Config,
         table = table.append_column("job", pa.array([job] * table.num_rows, pa.int32()))
         # Each job is cut into batches exactly as it would be alone (same seeds, same lists).
         blocks += [b for b in split_blocks(table, actors, params.batch_size) if b.num_rows]
+    if not blocks:  # no requests at all: no actor pool to start
+        return [LISTS_SCHEMA.empty_table() for _ in jobs]
     out = map_blocks(blocks, ListGenerator,
                      dict(model_dir=None, embedder=cfg.models.embedder, gen_params=params,
                           seed=cfg.run.seed),
