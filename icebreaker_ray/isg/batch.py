@@ -13,7 +13,7 @@ Evaluation (every method and ablation in one ``generate_many`` pass), mining (th
 candidate pool C of Algorithm 1) and the self-reinforced rounds (the lists deployed in
 the simulated world, and the pools mined from the same samples) all sample through this
 module, so a model is always judged on exactly what the filter lets out. Each actor
-holds one model at a time and swaps it when a batch names another (jobs are laid out
+holds one model at a time and swaps it when a block names another (jobs are laid out
 model by model, so an actor loads each model about once); sampling is seeded from the
 user ids of each batch, so a run is reproducible whichever actor gets which batch, and
 a job gives the same lists alone or in a ``generate_many`` pass.
@@ -48,19 +48,16 @@ LISTS_SCHEMA = pa.schema([
 
 
 class ListGenerator:
-    """Ray Data actor holding a generator: (user_id, interests[, model]) -> filtered lists.
+    """Ray Data actor holding a generator: (user_id, interests, model, job) -> filtered lists.
 
-    A batch with a ``model`` column is sampled from that model (loaded on first use, in
-    place of the one held before); without it, from ``model_dir``. A ``job`` column is
-    passed through.
+    Each batch is one job's block, so it names one ``model``, loaded on first use in place
+    of the one held before; ``job`` is passed through.
     """
 
-    def __init__(self, model_dir: str | None, embedder: str, gen_params: GenerationParams,
-                 seed: int) -> None:
+    def __init__(self, embedder: str, gen_params: GenerationParams, seed: int) -> None:
         from icebreaker_ray.isg.filters import SafetyFilter
         from icebreaker_ray.models import TextEncoder
 
-        self.default_model = model_dir
         self.loaded: tuple[str, Any, Any] | None = None
         self.encoder = TextEncoder(embedder)
         self.params, self.seed = gen_params, seed
@@ -75,20 +72,11 @@ class ListGenerator:
         return self.loaded[1], self.loaded[2]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        names = batch.column_names
-        models = (batch.column("model").to_pylist() if "model" in names
-                  else [self.default_model] * batch.num_rows)
-        parts = []
-        # One generate() call per model in the batch. generate_many's batches hold one
-        # model each; grouping keeps a batch that mixes models correct all the same.
-        for model_dir in dict.fromkeys(models):
-            rows = [i for i, m in enumerate(models) if m == model_dir]
-            part = batch.take(rows) if len(rows) < batch.num_rows else batch
-            out = self._sample(model_dir, part)
-            if "job" in names:
-                out = out.append_column("job", part.column("job"))
-            parts.append(out)
-        return pa.concat_tables(parts)
+        models = set(batch.column("model").to_pylist())
+        if len(models) != 1:
+            raise ValueError(f"a generation batch must name one model, got {sorted(models)}")
+        out = self._sample(models.pop(), batch)
+        return out.append_column("job", batch.column("job"))
 
     def _sample(self, model_dir: str, batch: pa.Table) -> pa.Table:
         from icebreaker_ray.isg.generate import generate
@@ -151,8 +139,7 @@ def generate_many(jobs: Sequence[tuple[str, pa.Table]], cfg: Config,
     if not blocks:  # no requests at all: no actor pool to start
         return [LISTS_SCHEMA.empty_table() for _ in jobs]
     out = map_blocks(blocks, ListGenerator,
-                     dict(model_dir=None, embedder=cfg.models.embedder, gen_params=params,
-                          seed=cfg.run.seed),
+                     dict(embedder=cfg.models.embedder, gen_params=params, seed=cfg.run.seed),
                      actors, LISTS_SCHEMA.append(pa.field("job", pa.int32())))
     job_ids = out.column("job").to_numpy(zero_copy_only=False)
     lists = out.drop_columns(["job"])
