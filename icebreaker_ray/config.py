@@ -130,6 +130,10 @@ class ScorerSection(Section):
     temperature: float = Field(default=0.1, gt=0)
     num_workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
+    # Epochs between Ray Train reports (each with a checkpoint; the last epoch always
+    # reports). A report waits for the controller's next poll (~2 s on Ray 2.60), which is
+    # longer than a CPU epoch of the heads; with a fine-tuned encoder, report every epoch.
+    checkpoint_every: int = Field(default=5, ge=1)
     # GPU clusters: fine-tune the text encoder itself instead of heads on frozen embeddings.
     # Everything that scores with the scorer then embeds with the fine-tuned copy it saves.
     finetune_text_encoder: bool = False
@@ -225,6 +229,9 @@ class RankerSection(Section):
     # R_util = (1 - depth_weight) * click head + depth_weight * depth head (eq. 7).
     depth_weight: float = Field(default=0.3, ge=0, le=1)
     num_workers: int = Field(default=2, ge=1)
+    # Epochs between Ray Train reports + checkpoints (the last epoch always reports): an
+    # epoch of this MLP takes milliseconds, a report waits ~2 s for the controller's poll.
+    checkpoint_every: int = Field(default=10, ge=1)
 
 
 class SearchSection(Section):

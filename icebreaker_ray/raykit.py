@@ -103,6 +103,17 @@ def shutdown() -> None:
         del os.environ["RAY_ADDRESS"]
 
 
+def report_due(epoch: int, epochs: int, every: int) -> bool:
+    """Whether a Ray Train loop reports (and checkpoints) after 0-based ``epoch`` of
+    ``epochs``: every ``every`` epochs and always after the last. Every rank must call
+    ``ray.train.report`` at the same epochs.
+
+    >>> [e for e in range(7) if report_due(e, 7, 3)]
+    [2, 5, 6]
+    """
+    return (epoch + 1) % every == 0 or epoch == epochs - 1
+
+
 def fit_on_ray(loop, loop_config: dict, *, num_workers: int, run_name: str, storage_path: str,
                max_failures: int = 0, use_gpu: bool = False, cpus_per_worker: int = 1,
                keep_checkpoints: int | None = 2):

@@ -60,9 +60,9 @@ def test_dpo_raises_chosen_over_rejected_margin(tiny_generator, ray_local, tmp_p
     before_model, tok = load_generator(tiny_generator)
     before = _margin(before_model, tok, examples[0])
     params0 = {k: v.clone() for k, v in before_model.state_dict().items()}
-    # as in local-cpu: one two-core worker, DeepSpeed ZeRO-2, fp32
+    # as in local-cpu: one two-core worker, DeepSpeed ZeRO-2, bf16 (fp32 master weights)
     train = DPOSection(num_workers=1, cpus_per_worker=2, zero_stage=2, max_steps=12,
-                       per_device_batch_size=4,
+                       per_device_batch_size=4, bf16=True,
                        learning_rate=5e-3, beta=0.1, save_steps=12, max_length=256)
     result = train_dpo(examples, tiny_generator, train, str(tmp_path / "rt"), "dpo-tiny")
     history = training_log(result)

@@ -82,6 +82,34 @@ def test_batched_sampling_returns_n_per_prompt(tiny_generator):
     assert all(isinstance(t, str) for x in out for t in x)
 
 
+def test_shared_prompt_prefill_gives_what_each_prompt_gives_alone(tiny_generator):
+    """One prefill per prompt, its KV cache repeated for the samples (and copied when a
+    prompt's samples take several generate calls), left padding across prompts of different
+    lengths: greedy completions equal a plain generate of each prompt alone."""
+    import torch
+
+    from icebreaker_ray.models import load_generator
+
+    model, tok = load_generator(tiny_generator)
+    convs = [[{"role": "user", "content": text}] for text in
+             ["hi", "tell me about sourdough starters and ramen in Osaka please", "One Piece"]]
+    # batch_size=2 with 3 samples: two generate calls per prompt (2 + 1), prompts one by one
+    out = sample_chat(model, tok, convs, num_return=3, max_new_tokens=12, batch_size=2,
+                      do_sample=False)
+    for conv, texts in zip(convs, out, strict=True):
+        ids = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)["input_ids"]
+        with torch.no_grad():
+            alone = model.generate(input_ids=ids, do_sample=False, max_new_tokens=12,
+                                   pad_token_id=tok.pad_token_id)
+        expected = tok.decode(alone[0, ids.shape[1]:], skip_special_tokens=True)
+        assert texts == [expected] * 3
+    # four prompts of two samples in one call each: the same completions, batched
+    again = sample_chat(model, tok, convs, num_return=2, max_new_tokens=12, batch_size=8,
+                        do_sample=False)
+    assert [x[:2] for x in out] == again
+
+
 def test_cli_generate_from_summaries_file(tiny_generator, tmp_path, monkeypatch):
     import icebreaker_ray.models as models
 

@@ -117,10 +117,21 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(model.score(x), again.score(x), rtol=1e-6)
 
 
+def test_reports_every_n_epochs_and_always_after_the_last():
+    from icebreaker_ray.raykit import report_due
+
+    assert [e for e in range(30) if report_due(e, 30, 10)] == [9, 19, 29]
+    assert [e for e in range(7) if report_due(e, 7, 3)] == [2, 5, 6]
+    assert [e for e in range(3) if report_due(e, 3, 1)] == [0, 1, 2]
+    assert [e for e in range(4) if report_due(e, 4, 50)] == [3]
+
+
 @pytest.mark.integration
 def test_ray_train_two_workers_and_resume(tmp_path, ray_local):
     ex = _synthetic(1200)
-    kw = dict(run_name="r", storage_path=str(tmp_path), num_workers=2, hidden=16, lr=5e-3, batch_size=64)
+    # checkpoint_every=3: the first run reports after epochs 3 and 4, the resumed one after 6
+    kw = dict(run_name="r", storage_path=str(tmp_path), num_workers=2, hidden=16, lr=5e-3,
+              batch_size=64, checkpoint_every=3)
     model, losses = train_ranker_on_ray(ex, epochs=4, **kw)
     assert len(losses) == 4 and losses[-1] < losses[0]
     test = _synthetic(seed=5)

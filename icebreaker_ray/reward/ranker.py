@@ -17,8 +17,9 @@ request id): ``util`` guides list search and DPO; ``eval`` is the held-out LTR m
 the offline metrics, so we never grade with the model we optimized against.
 
     feats = UserFeaturizer(sessions, users, encoder)
-    ranker = fit_ranker(examples, cfg.ranker)            # pure torch, or on Ray Train:
-    ranker = train_ranker_on_ray(examples, cfg.ranker, run_name, storage)
+    ranker, losses = fit_ranker(examples, epochs=30)     # pure torch, or on Ray Train:
+    ranker, losses = train_ranker_on_ray(examples, run_name="util", storage_path=storage,
+                                         epochs=30, checkpoint_every=10)
     texts = ["Which One Piece arc next?", "Translate this?"]
     ranker.score(feats.pair_features(["u0000001"] * 2, encoder(texts)))   # R_util per starter
 """
@@ -246,9 +247,12 @@ def fit_ranker(ex: RankerExamples, *, hidden: int = 64, depth_weight: float = 0.
 
 
 def _ray_loop(config: dict) -> None:
-    """Ray Train worker: each rank trains on its shard; DDP averages gradients."""
+    """Ray Train worker: each rank trains on its shard; DDP averages gradients; reports
+    and checkpoints every ``checkpoint_every`` epochs and after the last."""
     import ray.train
     import ray.train.torch
+
+    from icebreaker_ray.raykit import report_due
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -280,6 +284,8 @@ def _ray_loop(config: dict) -> None:
             total += float(loss.detach()) * len(idx)
         metrics = {"epoch": epoch, "loss": total / max(n, 1)}
         history.append(metrics["loss"])
+        if not report_due(epoch, config["epochs"], config["checkpoint_every"]):
+            continue
         if rank == 0:
             with tempfile.TemporaryDirectory() as d:
                 inner = model.module if hasattr(model, "module") else model
@@ -294,15 +300,17 @@ def _ray_loop(config: dict) -> None:
 def train_ranker_on_ray(ex: RankerExamples, *, run_name: str, storage_path: str, num_workers: int = 2,
                         hidden: int = 64, depth_weight: float = 0.3, epochs: int = 10,
                         lr: float = 1e-3, batch_size: int = 256, seed: int = 0,
-                        max_failures: int = 0) -> tuple[UtilityRanker, list[float]]:
-    """Train on Ray Train workers (checkpoint per epoch, resumable); returns the model and
-    rank 0's loss per epoch over the whole run, resumed attempts included."""
+                        max_failures: int = 0, checkpoint_every: int = 1,
+                        ) -> tuple[UtilityRanker, list[float]]:
+    """Train on Ray Train workers (a checkpoint every ``checkpoint_every`` epochs and after
+    the last; rerun to resume); returns the model and rank 0's loss per epoch over the
+    whole run, resumed attempts included."""
     from icebreaker_ray.raykit import fit_on_ray
 
     result = fit_on_ray(
         _ray_loop,
         {"examples": ex, "hidden": hidden, "depth_weight": depth_weight, "epochs": epochs,
-         "lr": lr, "batch_size": batch_size, "seed": seed},
+         "lr": lr, "batch_size": batch_size, "seed": seed, "checkpoint_every": checkpoint_every},
         num_workers=num_workers, run_name=run_name, storage_path=storage_path,
         max_failures=max_failures,
     )

@@ -63,6 +63,7 @@ def fit_slice(part: RankerExamples, name: str, cfg: Config, storage_path: str, s
         train, run_name=f"ranker-{name}", storage_path=storage_path,
         num_workers=r.num_workers, hidden=r.hidden, depth_weight=r.depth_weight,
         epochs=r.epochs, lr=r.lr, batch_size=r.batch_size, seed=seed,
+        checkpoint_every=r.checkpoint_every,
     )
     p_click = model.click_probability(test.x)
     util = model.score(test.x)

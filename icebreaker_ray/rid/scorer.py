@@ -426,13 +426,16 @@ def load_scorer(directory: str | Path) -> ResonanceScorer:
 
 
 def _ray_train_loop(config: dict) -> None:
-    """TorchTrainer worker: DDP over gloo, users sharded by rank, checkpoint every epoch.
+    """TorchTrainer worker: DDP over gloo, users sharded by rank, a checkpoint every
+    ``scfg.checkpoint_every`` epochs and after the last.
 
     Every worker runs the same number of minibatches per epoch (DDP needs matching
     all-reduces), cycling its shard when it is short. Resumes from the last checkpoint.
     """
     import ray.train
     import ray.train.torch
+
+    from icebreaker_ray.raykit import report_due
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -456,6 +459,8 @@ def _ray_train_loop(config: dict) -> None:
         rng = np.random.default_rng([config["seed"], rank, epoch])
         loss = _epoch(ddp, opt, data, users if len(users) else np.arange(len(data)), scfg, rng, batches)
         losses.append(loss)
+        if not report_due(epoch, scfg.epochs, scfg.checkpoint_every):
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
