@@ -40,7 +40,7 @@ def write_interests(out: str, users: set[str], recent: int = 3) -> None:
                          "score": i / len(g), "selected": i >= len(g) - recent})
     writer = io.StageWriter(out, "distill-interests")
     writer.write_table("interests", pa.Table.from_pylist(rows))
-    writer.commit(fingerprint="bench-stand-in")
+    writer.commit(pinned=True)
 
 
 def evaluate(model_name: str, interests: list[list[str]], params: GenerationParams, seed: int) -> dict:

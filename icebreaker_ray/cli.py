@@ -27,6 +27,7 @@ from icebreaker_ray.pipeline import (
     STAGES,
     Stage,
     StageNotBuilt,
+    StaleInputs,
     default_out,
     run_pipeline,
     run_stage,
@@ -78,6 +79,8 @@ def _guarded(fn):
         return fn()
     except StageNotBuilt as exc:
         _fail(str(exc), EXIT_NOT_BUILT)
+    except StaleInputs as exc:
+        _fail(str(exc), EXIT_NOT_BUILT)
     except (ConfigError, DataError, ModelNotFoundError) as exc:
         _fail(str(exc), EXIT_BAD_INPUT)
 
@@ -114,12 +117,21 @@ def pipeline(
     overrides: SetOpt = None,
     address: AddressOpt = None,
     until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--plan", help="Only list the stages that would run (missing, or stale after a "
+                       "change of their settings or of a stage they read), then stop.")] = False,
 ) -> None:
     """Run every stage in order, skipping stages whose outputs are complete."""
 
     def body() -> None:
         cfg = _load(config, overrides, address)
         target = out or default_out(cfg)
+        if dry_run:
+            from icebreaker_ray.pipeline import plan
+
+            todo = plan(cfg, target, until=until)
+            console.print(f"would run in {target}: {', '.join(todo) or 'nothing (all complete)'}")
+            return
         console.print(f"pipeline -> [bold]{target}[/] (config {config})")
 
         def show(stage: Stage, status: str, manifest: dict | None) -> None:

@@ -336,11 +336,17 @@ class Config(Section):
     serve: ServeSection = ServeSection()
 
     def fingerprint(self, *sections: str) -> str:
-        """A short hash of the named sections (all when none): stage outputs record it so
-        a rerun with a changed config does not reuse stale outputs."""
+        """A short hash of the named sections or dotted settings (all when none): stage
+        outputs record it so a rerun with a changed config does not reuse stale outputs."""
         data = self.model_dump(mode="json")
         if sections:
-            data = {name: data[name] for name in sections}
+            picked = {}
+            for name in sections:  # a section ("sft") or one setting of it ("eval.negative_ablation")
+                value = data
+                for part in name.split("."):
+                    value = value[part]
+                picked[name] = value
+            data = picked
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -11,7 +11,9 @@ job scripts and the tests all call :func:`run_stage`; nothing is implemented twi
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -28,20 +30,40 @@ class StageNotBuilt(RuntimeError):
     """The stage exists in the design but has no implementation yet."""
 
 
+class StaleInputs(RuntimeError):
+    """A stage was asked to run on upstream outputs that are missing or out of date."""
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
     help: str
     # "module:function", or None while the stage is not built.
     target: str | None
-    # Config sections whose change invalidates this stage's outputs.
+    # Config sections (or dotted settings, "eval.negative_ablation") whose change
+    # invalidates this stage's outputs.
     sections: tuple[str, ...]
-    # Stages whose outputs this one reads.
+    # Every stage whose outputs this one reads (not only the nearest): their fingerprints
+    # are part of this one's, so a change upstream reruns everything below it.
     needs: tuple[str, ...] = ()
     issue: int = 0
 
-    def fingerprint(self, cfg: Config) -> str:
-        return cfg.fingerprint("run", "data", *self.sections)
+    def settings_fingerprint(self, cfg: Config) -> str:
+        """A hash of this stage's own settings (and, for ingest, of the input files)."""
+        own = cfg.fingerprint("run", "data", *self.sections)
+        if self.name == "simulate" and cfg.data.source != "sim":
+            # Bring-your-own logs: a replaced file at the same path is a change too.
+            own = _hash({"settings": own, "files": io.listing(cfg.data.source)})
+        return own
+
+    def fingerprint(self, cfg: Config, out: str) -> str:
+        """This stage's settings chained with the recorded fingerprints of every stage it
+        reads (from their manifests in ``out``; ``None`` for one not run yet)."""
+        upstream = {}
+        for dep in self.needs:
+            manifest = io.read_manifest(out, dep)
+            upstream[dep] = manifest.get("fingerprint") if manifest else None
+        return _hash({"settings": self.settings_fingerprint(cfg), "upstream": upstream})
 
     def function(self) -> Callable[[Config, str], dict[str, Any]]:
         if self.target is None:
@@ -52,6 +74,12 @@ class Stage:
         return getattr(importlib.import_module(module), attr)
 
 
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_RID = ("simulate", "label-revisits", "train-scorer", "distill-interests")
+
 STAGES: tuple[Stage, ...] = (
     Stage("simulate", "Simulated world: users, session summaries, logged impressions "
           "(or ingest your own logs when data.source is a path).",
@@ -59,28 +87,39 @@ STAGES: tuple[Stage, ...] = (
     Stage("label-revisits", "Interest-revisit judge over (earlier, later) summary pairs (Table 5).",
           "icebreaker_ray.rid.stage:label_revisits", ("judge", "models"), ("simulate",), issue=4),
     Stage("train-scorer", "Two-tower resonance scorer, contrastive loss (eq. 2-3), Ray Train.",
-          "icebreaker_ray.rid.stage:train_scorer", ("scorer", "models"), ("label-revisits",), issue=4),
+          "icebreaker_ray.rid.stage:train_scorer", ("scorer", "models", "judge.max_summary_chars"),
+          ("simulate", "label-revisits"), issue=4),
     Stage("distill-interests", "Score summaries, activity-aware thresholds (eq. 4): trigger interests.",
-          "icebreaker_ray.rid.stage:distill_interests", ("gating", "scorer", "models"), ("train-scorer",), issue=4),
+          "icebreaker_ray.rid.stage:distill_interests",
+          ("gating", "scorer", "models", "judge.max_summary_chars"),
+          _RID[:3], issue=4),
     Stage("distill-corpus", "Teacher-distilled interest-starter corpus (Table 4 prompt).",
-          "icebreaker_ray.isg.stage:distill_corpus", ("teacher", "filter", "generation"),
+          "icebreaker_ray.isg.stage:distill_corpus", ("teacher", "filter", "generation", "models"),
           ("distill-interests",), issue=5),
     Stage("sft", "Supervised interest-expanded instruction tuning (SIT, eq. 5), Ray Train + DeepSpeed.",
-          "icebreaker_ray.isg.stage:sft", ("sft", "models", "generation"), ("distill-corpus",),
-          issue=5),
+          "icebreaker_ray.isg.stage:sft", ("sft", "models", "generation", "filter.max_chars"),
+          ("distill-corpus",), issue=5),
     Stage("train-ranker", "Utility ranker R_util with click and depth heads (eq. 7), Ray Train.",
           "icebreaker_ray.reward.stage:train_ranker", ("ranker", "models"), ("simulate",), issue=6),
     Stage("mine", "Candidate sampling + hybrid reward list search (Algorithm 1): preference pairs.",
-          "icebreaker_ray.search.stage:mine", ("search", "generation", "filter", "dpo", "eval"),
-          ("sft", "train-ranker", "distill-interests", "distill-corpus"), issue=6),
+          "icebreaker_ray.search.stage:mine",
+          ("search", "generation", "filter", "models", "dpo.negatives", "eval.holdout_fraction"),
+          ("simulate", "distill-interests", "distill-corpus", "sft", "train-ranker"), issue=6),
     Stage("dpo", "List-wise DPO on mined pairs (PMA, eq. 6), Ray Train + DeepSpeed.",
-          "icebreaker_ray.isg.stage:dpo", ("dpo",), ("mine",), issue=6),
+          "icebreaker_ray.isg.stage:dpo", ("dpo",), ("sft", "mine"), issue=6),
     Stage("iterate", "Self-reinforced rounds: mine -> DPO over fresh time slices (App. C.2).",
-          "icebreaker_ray.search.iterate:iterate", ("iterate", "search", "dpo", "ranker", "generation", "filter", "eval"),
-          ("dpo",), issue=6),
+          "icebreaker_ray.search.iterate:iterate",
+          ("iterate", "search", "dpo", "ranker", "generation", "filter", "models", "sim",
+           "eval.holdout_fraction"),
+          ("simulate", "distill-interests", "distill-corpus", "train-ranker", "mine", "dpo"), issue=6),
+    Stage("ablate-negatives", "Table 9: DPO from SFT on one negative type of the round-0 pairs "
+          "(when eval.negative_ablation is on).",
+          "icebreaker_ray.eval.stage:ablate_negatives", ("dpo", "eval.negative_ablation"),
+          ("sft", "mine"), issue=16),
     Stage("evaluate", "Offline metrics, simulated A/B test and the report (paper §3).",
-          "icebreaker_ray.eval.stage:evaluate", ("eval", "generation", "filter", "models"),
-          ("iterate",), issue=7),
+          "icebreaker_ray.eval.stage:evaluate", ("eval", "generation", "filter", "models", "sim", "gating", "judge.threshold"),
+          (*_RID, "distill-corpus", "sft", "train-ranker", "mine", "dpo", "iterate",
+           "ablate-negatives"), issue=7),
 )
 
 STAGE_BY_NAME = {s.name: s for s in STAGES}
@@ -97,25 +136,80 @@ def get_stage(name: str) -> Stage:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGE_BY_NAME)}") from None
 
 
+def stale_upstream(name: str, cfg: Config, out: str) -> list[str]:
+    """The stages ``name`` reads (directly or further up) whose outputs in ``out`` are missing
+    or were made under other settings or from other inputs than ``cfg`` gives now."""
+    stale: list[str] = []
+    seen: set[str] = set()
+
+    def visit(stage: Stage) -> None:
+        for dep in stage.needs:
+            if dep in seen:
+                continue
+            seen.add(dep)
+            if is_pinned(out, dep):
+                continue  # put in place by hand: taken as it is, and what it came from unknown
+            upstream = get_stage(dep)
+            visit(upstream)
+            if not io.is_complete(out, dep, upstream.fingerprint(cfg, out)):
+                stale.append(dep)
+
+    visit(get_stage(name))
+    return [s.name for s in STAGES if s.name in stale]
+
+
+def is_pinned(out: str, name: str) -> bool:
+    """Whether ``name``'s outputs were committed by hand with ``pinned=True`` and are whole."""
+    manifest = io.read_manifest(out, name)
+    return bool(manifest and manifest.get("pinned")) and io.is_complete(out, name)
+
+
+def plan(cfg: Config, out: str, until: str | None = None) -> list[str]:
+    """The stages :func:`run_pipeline` would run (not skip) for ``cfg`` in ``out``: those
+    whose outputs are missing or stale, and everything downstream of them."""
+    todo: list[str] = []
+    for stage in STAGES:
+        if is_pinned(out, stage.name):
+            pass
+        elif set(stage.needs) & set(todo) or not io.is_complete(out, stage.name,
+                                                                  stage.fingerprint(cfg, out)):
+            todo.append(stage.name)
+        if stage.name == until:
+            break
+    return todo
+
+
 def run_stage(name: str, cfg: Config, out: str, *, force: bool = False) -> dict[str, Any]:
-    """Run one stage unless its outputs are complete for this config; return its manifest."""
+    """Run one stage unless its outputs are complete for this config and these inputs;
+    return its manifest.
+
+    The manifest is written here, after the stage function returns: it records the
+    stage's chained fingerprint (:meth:`Stage.fingerprint`) and the fingerprints of the
+    stages it read, so a later change anywhere upstream makes it stale.
+    """
     stage = get_stage(name)
-    fingerprint = stage.fingerprint(cfg)
+    fn = stage.function()
+    if not force and is_pinned(out, name):
+        return {**(io.read_manifest(out, name) or {}), "skipped": True}
+    stale = stale_upstream(name, cfg, out)
+    if stale:
+        raise StaleInputs(
+            f"stage '{name}' reads the outputs of {', '.join(stale)} in {out}, which are missing "
+            f"or were made with other settings; run them first (or run the whole pipeline: "
+            f"`icebreaker pipeline --until {name}`)"
+        )
+    fingerprint = stage.fingerprint(cfg, out)
     if not force and io.is_complete(out, name, fingerprint):
         manifest = io.read_manifest(out, name) or {}
         return {**manifest, "skipped": True}
-    fn = stage.function()
-    missing = [dep for dep in stage.needs if not io.is_complete(out, dep)]
-    if missing:
-        raise RuntimeError(
-            f"stage '{name}' needs the outputs of {', '.join(missing)} in {out}; "
-            f"run them first (or run the whole pipeline)"
-        )
     if io.begin_attempt(out, name, fingerprint, fresh=force):
         log.warning("%s: cleared %s, which an earlier run with another config (or --force) "
                     "left behind", name, io.stage_dir(out, name))
     started = time.time()
     manifest = fn(cfg, out)
+    manifest["fingerprint"] = fingerprint
+    manifest["upstream"] = {dep: (io.read_manifest(out, dep) or {}).get("fingerprint")
+                            for dep in stage.needs}
     # The wall time of the whole stage (the stage's own writer only sees its last part).
     manifest["duration_s"] = time.time() - started
     io.write_json(io.join(out, name, io.MANIFEST), manifest)

@@ -28,7 +28,7 @@ def write_interests(out: str, recent: int = 3, users: set[str] | None = None) ->
                 chosen.setdefault(uid, []).append(summary)
     writer = io.StageWriter(out, "distill-interests")
     writer.write_table("interests", pa.Table.from_pylist(rows))
-    writer.commit(fingerprint="test")
+    writer.commit(pinned=True)
     return chosen
 
 

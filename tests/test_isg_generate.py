@@ -142,7 +142,7 @@ def _write_sessions(out: str) -> None:
              "summary": f"Talked about topic {i}"} for i in range(8)]
     writer = io.StageWriter(out, "simulate")
     writer.write_table("sessions", pa.Table.from_pylist(rows))
-    writer.commit(fingerprint="test")
+    writer.commit(pinned=True)
 
 
 def test_user_interests_raw_takes_the_most_recent_summaries(tmp_path):

@@ -59,7 +59,7 @@ def test_sft_stage_changes_parameters_and_lowers_loss(tiny_generator, ray_local,
     out = str(tmp_path / "run")
     writer = io.StageWriter(out, "distill-corpus")
     writer.write_table("sit_corpus", pa.Table.from_pylist(_corpus()))
-    writer.commit(fingerprint="test")
+    writer.commit(pinned=True)
     # local-cpu's training setup: one two-core worker, DeepSpeed ZeRO-2, bf16
     cfg = load_config("quick", [f"models.generator={tiny_generator}", "sft.num_workers=1",
                                 "sft.cpus_per_worker=2", "sft.zero_stage=2", "sft.bf16=true",

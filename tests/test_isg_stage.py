@@ -30,7 +30,7 @@ def _interests_table(out: str, n_users: int = 6) -> dict[str, list[str]]:
                 selected.setdefault(f"u{u}", []).append(summary)
     writer = io.StageWriter(out, "distill-interests")
     writer.write_table("interests", pa.Table.from_pylist(rows))
-    writer.commit(fingerprint="test")
+    writer.commit(pinned=True)
     return selected
 
 
@@ -42,7 +42,8 @@ def test_distill_corpus_stage_writes_sit_corpus(ray_local, tmp_path):
     corpus = io.read_table(io.table_uri(out, "distill-corpus", "sit_corpus"), "sit_corpus").to_pylist()
     assert {r["user_id"] for r in corpus} == set(selected)
     for row in corpus:
-        assert row["interests"] == selected[row["user_id"]]  # only the trigger interests
+        # only the trigger interests, best score first (scores rise with j here)
+        assert row["interests"] == selected[row["user_id"]][::-1]
         assert cfg.generation.K <= len(row["starters"]) <= 20
         assert row["teacher"] == "sim"
     m = manifest["metrics"]

@@ -14,7 +14,7 @@ import pytest
 from pipeline_support import check_run
 
 from icebreaker_ray.config import load_config
-from icebreaker_ray.pipeline import STAGES, run_pipeline
+from icebreaker_ray.pipeline import STAGES, get_stage, plan, run_pipeline, run_stage
 
 pytestmark = pytest.mark.slow
 
@@ -51,3 +51,14 @@ def test_quick_pipeline_end_to_end(tmp_path, ray_local, tiny_generator):
     # A rerun finds every stage complete and skips it.
     again = run_pipeline(cfg, out)
     assert all(m.get("skipped") for _, m in again)
+
+    # A changed ranker setting makes exactly the stages that read the ranker stale.
+    changed = cfg.model_copy(update={"ranker": cfg.ranker.model_copy(update={"epochs": cfg.ranker.epochs + 1})})
+    downstream = ["train-ranker", "mine", "dpo", "iterate", "ablate-negatives", "evaluate"]
+    assert plan(changed, out) == downstream
+    with pytest.raises(RuntimeError, match="train-ranker"):
+        run_stage("iterate", changed, out)  # reads the ranker, which is now out of date
+    partial = run_pipeline(changed, out, until="train-ranker")
+    assert {name: bool(m.get("skipped")) for name, m in partial} == {
+        s.name: s.name != "train-ranker" for s in STAGES[: STAGES.index(get_stage("train-ranker")) + 1]}
+    assert plan(changed, out) == downstream[1:]

@@ -6,8 +6,10 @@ cluster with shared storage.
 
     out = StageWriter("runs/demo", "simulate")
     out.write_table("sessions", table)          # validated against the schema, temp + rename
-    out.commit(fingerprint=cfg.fingerprint("sim"), metrics={...})   # manifest written last
+    out.commit(metrics={...})                   # manifest written last
     is_complete("runs/demo", "simulate", fingerprint=...)           # -> True
+
+(:func:`icebreaker_ray.pipeline.run_stage` then adds the stage's chained fingerprint.)
     read_table("runs/demo/simulate/sessions.parquet", "sessions")   # validated on read
 
 A stage counts as finished only when its manifest exists and every file it lists is
@@ -57,6 +59,20 @@ def join(base: str, *parts: str) -> str:
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def listing(uri: str) -> list[tuple[str, int, int]]:
+    """(path relative to ``uri``, size, mtime in ns) of every file at or under ``uri``,
+    sorted: what a fingerprint of external inputs (bring-your-own logs) is made of."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    files = [info] if info.type == pafs.FileType.File else [
+        f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        if f.type == pafs.FileType.File]
+    return sorted((f.path[len(path):].lstrip("/"), int(f.size or 0), int(f.mtime_ns or 0))
+                  for f in files)
 
 
 def write_bytes(uri: str, payload: bytes) -> None:
@@ -248,10 +264,14 @@ class StageWriter:
         fingerprint: str = "",
         metrics: dict[str, Any] | None = None,
         node_ids: Iterable[str] = (),
+        pinned: bool = False,
     ) -> dict[str, Any]:
+        """Write the manifest. ``pinned``: outputs put in place by hand (a test's stand-in,
+        your own interests table) that the pipeline takes as they are and never reruns."""
         manifest = {
             "stage": self.stage,
             "fingerprint": fingerprint,
+            "pinned": pinned,
             "files": self.files,
             "metrics": metrics or {},
             "node_ids": sorted(set(node_ids)),

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.data.splits import is_holdout
@@ -42,11 +43,10 @@ from icebreaker_ray.eval import metrics as M
 from icebreaker_ray.eval.topics import TopicClassifier
 from icebreaker_ray.isg.batch import complete_share, generate_many
 from icebreaker_ray.isg.generate import GenerationParams
-from icebreaker_ray.isg.stage import MODEL_DIR, VANILLA_DIR, dpo_round, local_model
+from icebreaker_ray.isg.stage import dpo_round, local_model
+from icebreaker_ray.layout import promoted_generator, round_models, trigger_interests
 from icebreaker_ray.models import TextEncoder, resolve_generator
 from icebreaker_ray.raykit import init_ray, node_id
-from icebreaker_ray.search.iterate import final_model, round_models
-from icebreaker_ray.search.stage import trigger_interests
 from icebreaker_ray.sim.catalog import load_catalog
 from icebreaker_ray.sim.policy import RetrievalPolicy, generic_starters, starter_pool
 from icebreaker_ray.sim.rollout import (
@@ -126,7 +126,7 @@ class Grader:
 
         self.k = cfg.generation.K
         self.encoder, self.state = encoder, state
-        self.f = UtilityRanker.load(io.join(out, "train-ranker", "eval"))
+        self.f = UtilityRanker.load(layout.ranker_dir(out, "eval"))
         self.features = UserFeaturizer(sessions, users, encoder)
         self.topics = TopicClassifier.fit(load_catalog(), encoder, seed=cfg.run.seed)
 
@@ -359,11 +359,11 @@ class Evaluation:
 
 def _method_specs(ev: Evaluation, out: str) -> list[tuple[str, str | None, str]]:
     """(method, model uri, prompt input) for the methods of Table 1 that exist in this run."""
-    vanilla = io.join(out, "dpo", VANILLA_DIR)
+    vanilla = layout.vanilla_generator(out)
     specs = [("PE", ev.base_model, "recent"), ("PE+RID", ev.base_model, "interests"),
-             ("SFT", io.join(out, "sft", MODEL_DIR), "interests"),
+             ("SFT", layout.sft_generator(out), "interests"),
              ("SFT+DPO", vanilla if io.exists(vanilla) else None, "interests"),
-             ("ICEBREAKER", final_model(out), "interests")]
+             ("ICEBREAKER", promoted_generator(out), "interests")]
     return specs
 
 
@@ -389,7 +389,7 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
         if e.ablation_users and len(users) > e.ablation_users:
             rng = np.random.default_rng([cfg.run.seed, 1])
             ab_users = sorted(rng.choice(users, e.ablation_users, replace=False).tolist())
-        final = final_model(out)
+        final = promoted_generator(out)
         table6 = (("None (recent summaries)", "recent"), ("Rule-based", "rule"), ("RID", "interests"))
         # Every list Tables 1, 6 and 7 need, sampled in one pass, model by model.
         specs = _method_specs(ev, out)
@@ -417,7 +417,7 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
         results["table6"] = {label: grade(final, source) for label, source in table6}
         results["table7"] = {label: grade(uri, "interests") for label, uri in round_models(out)}
         if e.negative_ablation:
-            results["table9"] = _negative_ablation(ev, writer, out, grade)
+            results["table9"] = _negative_ablation(out, grade)
 
         # Table 2: the simulated A/B test, every method against the deployed baseline.
         arms: dict[str, dict[str, list[list[str]]] | None] = {"baseline": None}
@@ -442,33 +442,56 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
         writer.write_json("lists.json", {k: as_dict(t) for k, t in tables.items()})
     writer.write_json("metrics.json", results)
     write_report(writer, results, cfg)
-    from icebreaker_ray.pipeline import get_stage
-
     summary = {name: {k: row[k] for k in ("r_user_f", "r_score_f", "r_user_oracle", "r_score_oracle")}
                for name, row in results["table1"].items()}
-    return writer.commit(fingerprint=get_stage("evaluate").fingerprint(cfg), metrics=summary,
+    return writer.commit(metrics=summary,
                          node_ids=[node_id()])
 
 
 # ----------------------------------------------------------------------------- ablations
 
 
-def _negative_ablation(ev: Evaluation, writer: io.StageWriter, out: str, grade) -> dict[str, Any]:
-    """Table 9 analogue: DPO from the SFT model on the round-0 pairs of one negative type,
-    against the hierarchical mix (the ``dpo`` stage's model); same steps and beta."""
+NEGATIVE_TYPES = ("utility", "diversity", "joint")
+
+
+def ablate_negatives(cfg: Config, out: str) -> dict[str, Any]:
+    """Stage ``ablate-negatives`` (Table 9 analogue): DPO from the SFT model on the round-0
+    pairs of one negative type, one model per type, same steps and beta as ``dpo``.
+    ``evaluate`` grades them against the hierarchical mix (the ``dpo`` stage's model). With
+    ``eval.negative_ablation`` off it trains nothing and says so in its manifest."""
+    writer = io.StageWriter(out, "ablate-negatives")
+    if not cfg.eval.negative_ablation:
+        return writer.commit(metrics={"skipped": "eval.negative_ablation is false"},
+                             node_ids=[node_id()])
+    init_ray(cfg)
     pairs = io.read_table(io.table_uri(out, "mine", "preference_pairs"), "preference_pairs",
                           allow_empty=True).to_pylist()
-    sft = ev.model(io.join(out, "sft", MODEL_DIR))
+    metrics: dict[str, Any] = {"hierarchical": {"pairs": len(pairs)}}
+    with tempfile.TemporaryDirectory() as tmp:
+        sft = local_model(layout.sft_generator(out), tmp)
+        for kind in NEGATIVE_TYPES:
+            subset = [p for p in pairs if p["negative_type"] == kind]
+            if not subset:
+                metrics[kind] = {"skipped": f"no {kind} negatives were mined"}
+                continue
+            metrics[kind] = {**dpo_round(cfg, writer, subset, sft, kind, f"ablation-{kind}"),
+                             "model": kind}
+    return writer.commit(metrics=metrics, node_ids=[node_id()])
+
+
+def _negative_ablation(out: str, grade) -> dict[str, Any]:
+    """Table 9: each ``ablate-negatives`` model against the hierarchical mix."""
+    trained = (io.read_manifest(out, "ablate-negatives") or {}).get("metrics", {})
     rows: dict[str, Any] = {}
-    for kind in ("utility", "diversity", "joint"):
-        subset = [p for p in pairs if p["negative_type"] == kind]
-        if not subset:
-            rows[f"{kind} only"] = {"skipped": f"no {kind} negatives were mined"}
+    for kind in NEGATIVE_TYPES:
+        row = trained.get(kind, {})
+        if "model" not in row:
+            rows[f"{kind} only"] = {"skipped": row.get("skipped", "not trained")}
             continue
-        relative = f"ablation/{kind}"
-        dpo_round(ev.cfg, writer, subset, sft, relative, f"ablation-{kind}")
-        rows[f"{kind} only"] = {**grade(writer.path(relative), "interests"), "pairs": len(subset)}
-    rows["hierarchical"] = {**grade(io.join(out, "dpo", MODEL_DIR), "interests"), "pairs": len(pairs)}
+        rows[f"{kind} only"] = {**grade(io.join(out, "ablate-negatives", row["model"]), "interests"),
+                                "pairs": row["pairs"]}
+    rows["hierarchical"] = {**grade(layout.dpo_generator(out), "interests"),
+                            "pairs": trained.get("hierarchical", {}).get("pairs", 0)}
     return rows
 
 

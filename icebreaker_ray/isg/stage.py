@@ -3,8 +3,8 @@
     icebreaker distill-corpus --out runs/demo     # interests -> sit_corpus (teacher, Table 4)
     icebreaker sft --out runs/demo                # sit_corpus -> runs/demo/sft/model
 
-``distill-corpus`` reads the trigger interests (``selected`` rows of
-``distill-interests/interests.parquet``), sends each user's set to the configured
+``distill-corpus`` reads the trigger interests (:func:`icebreaker_ray.layout.trigger_interests`),
+sends each user's set to the configured
 teacher in a Ray Data ``map_batches`` over an actor pool (one teacher + embedder per
 actor), and writes ``sit_corpus`` (user_id, interests, starters, teacher).
 
@@ -27,21 +27,13 @@ import pyarrow as pa
 
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
+from icebreaker_ray.layout import MODEL_DIR, VANILLA_DIR, trigger_interests
 from icebreaker_ray.raykit import init_ray, node_id
 
 SIT_TABLE = "sit_corpus"
-MODEL_DIR = "model"
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def trigger_interests(out: str) -> dict[str, list[str]]:
-    """Each user's trigger interests I* (selected summaries, in session order)."""
-    table = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests")
-    df = table.to_pandas()
-    df = df[df["selected"]].sort_values(["user_id", "session_id"])
-    return {uid: list(g["summary"]) for uid, g in df.groupby("user_id", sort=True)}
 
 
 def raw_summaries(out: str, max_items: int) -> dict[str, list[str]]:
@@ -117,10 +109,7 @@ def distill_corpus(cfg: Config, out: str) -> dict[str, Any]:
     writer = io.StageWriter(out, "distill-corpus")
     writer.write_table(SIT_TABLE, table)
     counts = df["starters"].map(len)
-    from icebreaker_ray.pipeline import get_stage
-
     return writer.commit(
-        fingerprint=get_stage("distill-corpus").fingerprint(cfg),
         metrics={
             "users": len(items),
             "rows": table.num_rows,
@@ -178,10 +167,7 @@ def sft(cfg: Config, out: str) -> dict[str, Any]:
     loss = losses(history)
     starts = [h["start_step"] for h in history if "start_step" in h]
     step_times = [h["step_time_s"] for h in history if "step_time_s" in h]
-    from icebreaker_ray.pipeline import get_stage
-
     return writer.commit(
-        fingerprint=get_stage("sft").fingerprint(cfg),
         metrics={
             "examples": len(examples),
             "steps": int(result.metrics.get("step", 0)),
@@ -201,8 +187,6 @@ def sft(cfg: Config, out: str) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- dpo
-
-VANILLA_DIR = "vanilla-model"
 
 
 def local_model(uri: str, tmp: str) -> str:
@@ -252,7 +236,5 @@ def dpo(cfg: Config, out: str) -> dict[str, Any]:
                 metrics[run] = {"pairs": 0, "skipped": "no logged-feedback pairs"}
                 continue
             metrics[run] = dpo_round(cfg, writer, rows, start, relative, run)
-    from icebreaker_ray.pipeline import get_stage
-
-    return writer.commit(fingerprint=get_stage("dpo").fingerprint(cfg), metrics=metrics,
+    return writer.commit(metrics=metrics,
                          node_ids=[node_id()])

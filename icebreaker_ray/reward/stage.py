@@ -96,8 +96,6 @@ def train_ranker(cfg: Config, out: str) -> dict[str, Any]:
                                          writer.path("ray"), cfg.run.seed + index)
         model.save(writer.path(name))
         writer.add_file(name)
-    from icebreaker_ray.pipeline import get_stage
-
     writer.write_json("metrics.json", metrics)
-    return writer.commit(fingerprint=get_stage("train-ranker").fingerprint(cfg), metrics=metrics,
+    return writer.commit(metrics=metrics,
                          node_ids=[node_id()])

@@ -118,6 +118,28 @@ def select_interests(scores, user_ids, buckets, thresholds, max_interests: int) 
     return keep & (rank_within_user(scores, user_ids) < max_interests)
 
 
+def trigger_interests(user_ids, summaries, scores, selected) -> dict[str, list[str]]:
+    """I* per user, as every consumer sees it (SIT corpus, mining, evaluation, the server):
+    the selected summaries, highest resonance score first (ties in input order), repeated
+    texts once. A user none of whose summaries passes tau_b keeps the best-scored one, so
+    every user with a history gets a personal prompt.
+
+    >>> trigger_interests(["a", "a", "a", "b"], ["x", "y", "z", "w"], [0.2, 0.9, 0.5, 0.1],
+    ...                   [True, True, False, False])
+    {'a': ['y', 'x'], 'b': ['w']}
+    """
+    user_ids = np.asarray(user_ids)
+    scores = np.asarray(scores, dtype=float)
+    selected = np.asarray(selected, dtype=bool)
+    result: dict[str, list[str]] = {}
+    for uid in sorted(set(user_ids.tolist())):
+        rows = np.flatnonzero(user_ids == uid)
+        rows = rows[np.argsort(-scores[rows], kind="stable")]
+        chosen = [summaries[i] for i in rows if selected[i]] or [summaries[rows[0]]]
+        result[uid] = list(dict.fromkeys(chosen))
+    return result
+
+
 def rank_within_user(scores, user_ids) -> np.ndarray:
     """0 for each user's best-scoring row, 1 for the next, ... (stable on ties)."""
     scores = np.asarray(scores, float)

@@ -134,12 +134,6 @@ def embed_rows(cfg: Config, summaries: list[str], scorer_dir: str | None = None,
 # ----------------------------------------------------------------------------- helpers
 
 
-def _stage(name: str):
-    from icebreaker_ray.pipeline import get_stage
-
-    return get_stage(name)
-
-
 def _read_inputs(out: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     users = io.read_table(io.table_uri(out, "simulate", "users"), "users").to_pandas()
     sessions = io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions", allow_empty=True).to_pandas()
@@ -234,7 +228,7 @@ def label_revisits(cfg: Config, out: str) -> dict[str, Any]:
         "request_failures": failures,
     }
     nodes = set(emb["node_ids"]) | (set(judged["node"].tolist()) if n else set())
-    return writer.commit(fingerprint=_stage("label-revisits").fingerprint(cfg), metrics=metrics,
+    return writer.commit(metrics=metrics,
                          node_ids=[x for x in nodes if x] + [node_id()])
 
 
@@ -310,7 +304,7 @@ def train_scorer(cfg: Config, out: str) -> dict[str, Any]:
     del untrained
     writer = io.StageWriter(out, "train-scorer")
     model, history, result = scorer.train_scorer_on_ray(
-        data, cfg.scorer, io.join(out, "_ray_train"), run_name=f"train-scorer-{_stage('train-scorer').fingerprint(cfg)}",
+        data, cfg.scorer, writer.path("ray-train"), run_name="train-scorer",
         seed=cfg.run.seed, encoder=encoder)
     loss_after = scorer.evaluate_loss(model, data, cfg.scorer)
     scorer.save_scorer(model, _local_dir(writer.path(SCORER_DIR)),
@@ -324,7 +318,7 @@ def train_scorer(cfg: Config, out: str) -> dict[str, Any]:
         "text_encoder": f"finetuned from {encoder}" if finetune else f"frozen {cfg.models.embedder}",
     }
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-    return writer.commit(fingerprint=_stage("train-scorer").fingerprint(cfg), metrics=metrics,
+    return writer.commit(metrics=metrics,
                          node_ids=nodes[: cfg.scorer.num_workers] + [node_id()])
 
 
@@ -371,5 +365,5 @@ def distill_interests(cfg: Config, out: str) -> dict[str, Any]:
         "users_with_no_interest": int((per_user == 0).sum()), "thresholds": tau.thresholds,
         "raw_thresholds_monotone": tau.raw_monotone, "held_out_positives": int(held_labels.sum()),
     }
-    return writer.commit(fingerprint=_stage("distill-interests").fingerprint(cfg), metrics=metrics,
+    return writer.commit(metrics=metrics,
                          node_ids=[x for x in enc["node_ids"] if x] + [node_id()])

@@ -29,6 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.isg.batch import complete_share, generate_lists
@@ -42,23 +43,6 @@ UTIL_DIR = "util"
 
 def round_dir(round_: int) -> str:
     return f"round-{round_}"
-
-
-def final_model(out: str) -> str:
-    """The generator the self-reinforced rounds ended with (``dpo/model`` before any)."""
-    manifest = io.read_manifest(out, "iterate")
-    if manifest and manifest.get("metrics", {}).get("final_model"):
-        return io.join(out, "iterate", manifest["metrics"]["final_model"])
-    return io.join(out, "dpo", MODEL_DIR)
-
-
-def round_models(out: str) -> list[tuple[str, str]]:
-    """(label, model dir) of every generator along the way: SFT, DPO round 0, each round."""
-    models = [("SFT", io.join(out, "sft", MODEL_DIR)), ("round 0", io.join(out, "dpo", MODEL_DIR))]
-    manifest = io.read_manifest(out, "iterate") or {}
-    for row in manifest.get("metrics", {}).get("rounds", []):
-        models.append((f"round {row['round']}", io.join(out, "iterate", row["model"])))
-    return models
 
 
 def _refit_ranker(cfg: Config, writer: io.StageWriter, sessions: pa.Table, users: pa.Table,
@@ -92,7 +76,7 @@ def iterate(cfg: Config, out: str) -> dict[str, Any]:
     impressions = io.read_table(io.table_uri(out, "simulate", "impressions"), "impressions")
     pairs_so_far = [io.read_table(io.table_uri(out, "mine", "preference_pairs"), "preference_pairs",
                                   allow_empty=True)]
-    ranker = io.join(out, "train-ranker", UTIL_DIR)
+    ranker = layout.ranker_dir(out, UTIL_DIR)
     in_world = cfg.data.source == "sim"
     state = None
     if in_world:
@@ -101,7 +85,7 @@ def iterate(cfg: Config, out: str) -> dict[str, Any]:
         state = load_state(out, cfg)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        generator = local_model(io.join(out, "dpo", MODEL_DIR), tmp)
+        generator = local_model(layout.dpo_generator(out), tmp)
         for r in range(1, cfg.iterate.rounds + 1):
             here = round_dir(r)
             requests = mining_requests(out, cfg, r)
@@ -141,9 +125,6 @@ def iterate(cfg: Config, out: str) -> dict[str, Any]:
             generator = local_model(writer.path(row["model"]), tmp)
             rows.append(row)
     writer.write_json("rounds.json", rows)
-    from icebreaker_ray.pipeline import get_stage
-
-    return writer.commit(fingerprint=get_stage("iterate").fingerprint(cfg),
-                         metrics={"rounds": rows, "final_model": rows[-1]["model"]},
+    return writer.commit(metrics={"rounds": rows, "final_model": rows[-1]["model"]},
                          node_ids=[node_id()])
 

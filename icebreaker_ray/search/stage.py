@@ -20,27 +20,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.data.schemas import schema
 from icebreaker_ray.data.splits import is_holdout
 from icebreaker_ray.isg.generate import GenerationParams
+from icebreaker_ray.layout import trigger_interests
 from icebreaker_ray.raykit import init_ray, node_id
 from icebreaker_ray.search.mine import prompt_for, sample_candidates, search_pairs
-
-
-def trigger_interests(out: str) -> dict[str, list[str]]:
-    """I* per user: the selected interests, best score first (the top one if none passed)."""
-    table = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests")
-    by_user: dict[str, list[tuple[float, bool, str]]] = defaultdict(list)
-    for row in table.to_pylist():
-        by_user[row["user_id"]].append((row["score"], row["selected"], row["summary"]))
-    result = {}
-    for uid, rows in by_user.items():
-        rows.sort(key=lambda r: -r[0])
-        chosen = [s for _, sel, s in rows if sel] or [rows[0][2]]
-        result[uid] = list(dict.fromkeys(chosen))
-    return result
 
 
 def training_users(interests: dict[str, list[str]], cfg: Config, round_: int) -> list[str]:
@@ -96,7 +84,7 @@ def mine_round(cfg: Config, out: str, model_dir: str, round_: int) -> tuple[pa.T
     users = io.read_table(io.table_uri(out, "simulate", "users"), "users")
     init_ray(cfg)
     pools = sample_candidates(requests, model_dir, cfg, GenerationParams.from_config(cfg))
-    pairs = search_pairs(pools, io.join(out, "train-ranker", "util"), sessions, users, cfg,
+    pairs = search_pairs(pools, layout.ranker_dir(out, "util"), sessions, users, cfg,
                          round_, cfg.dpo.negatives)
     candidates = pa.table({"user_id": pools.column("user_id"),
                            "round": pa.array([round_] * pools.num_rows, pa.int32()),
@@ -119,7 +107,7 @@ def pair_stats(pairs: pa.Table, candidates: pa.Table) -> dict[str, Any]:
 
 def mine(cfg: Config, out: str) -> dict[str, Any]:
     """Round 0: mine from the SFT generator; also write the vanilla feedback pairs."""
-    candidates, pairs = mine_round(cfg, out, io.join(out, "sft", "model"), round_=0)
+    candidates, pairs = mine_round(cfg, out, layout.sft_generator(out), round_=0)
     interests = trigger_interests(out)
     prompts = {u: prompt_for(i, cfg.generation.K, cfg.filter.max_chars) for u, i in interests.items()
                if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed)}
@@ -130,7 +118,5 @@ def mine(cfg: Config, out: str) -> dict[str, Any]:
     writer.write_table("preference_pairs", pairs)
     writer.write_table("preference_pairs", feedback, "feedback_pairs.parquet")
     stats = {**pair_stats(pairs, candidates), "feedback_pairs": feedback.num_rows}
-    from icebreaker_ray.pipeline import get_stage
-
-    return writer.commit(fingerprint=get_stage("mine").fingerprint(cfg), metrics=stats,
+    return writer.commit(metrics=stats,
                          node_ids=[node_id()])

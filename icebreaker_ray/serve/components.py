@@ -155,7 +155,7 @@ class InterestDistillerCore:
 
     def _gate(self, user_id: str | None, history: list[str], profile: str | None) -> list[str]:
         """Eq. 4 for one user: s_phi over the history, tau_b of the bucket, capped; the best
-        summary when none passes (as ``search.stage.trigger_interests`` does)."""
+        summary when none passes: the one rule of :func:`icebreaker_ray.rid.gating.trigger_interests`."""
         uid = user_id or ANONYMOUS
         emb = self.encoder(history)
         profiles = None
@@ -170,9 +170,7 @@ class InterestDistillerCore:
                                            self.thresholds, cap)
         else:
             keep = gating.rank_within_user(scores, np.array([uid] * len(history))) < cap
-        order = np.argsort(-scores, kind="stable")
-        chosen = [history[i] for i in order if keep[i]] or [history[int(order[0])]]
-        return list(dict.fromkeys(chosen))
+        return gating.trigger_interests([uid] * len(history), history, scores, keep)[uid]
 
 
 # ----------------------------------------------------------------------------- generation

@@ -112,10 +112,7 @@ def ingest(cfg: Config, out: str) -> dict[str, Any]:
         table = io.read_table(src, name, allow_empty=name == "impressions")
         writer.write_table(name, table)
         rows[name] = table.num_rows
-    from icebreaker_ray.pipeline import get_stage
-
-    return writer.commit(fingerprint=get_stage("simulate").fingerprint(cfg),
-                         metrics={"source": cfg.data.source, **rows}, node_ids=[node_id()])
+    return writer.commit(metrics={"source": cfg.data.source, **rows}, node_ids=[node_id()])
 
 
 def simulate(cfg: Config, out: str) -> dict[str, Any]:
@@ -156,10 +153,7 @@ def simulate(cfg: Config, out: str) -> dict[str, Any]:
     writer.write_json("sim-stats.json", stats)
     writer.write_bytes("sim-report.md", report_md.encode())
     writer.write_bytes("sim-report.png", png)
-    from icebreaker_ray.pipeline import get_stage
-
     return writer.commit(
-        fingerprint=get_stage("simulate").fingerprint(cfg),
         metrics={k: stats[k] for k in ("users", "sessions", "impressions", "baseline")},
         node_ids=[r["node_id"] for r in results if r["node_id"]] + [node_id()],
     )

@@ -1,0 +1,90 @@
+"""One run's layout: where each stage's outputs live, which generator is the promoted
+one, and the trigger interests I* every consumer reads.
+
+    layout.table_uri("runs/demo", "sessions")   # runs/demo/simulate/sessions.parquet
+    layout.scorer_dir("runs/demo")              # runs/demo/train-scorer/scorer
+    layout.promoted_generator("runs/demo")      # what evaluate grades as ICEBREAKER and serve serves
+    layout.trigger_interests("runs/demo")       # {"u0001": ["Asked about One Piece ...", ...]}
+
+Stages, the evaluation and the server name stage outputs through these functions, so a
+path is spelled once. Paths may be local or storage URIs (see :mod:`icebreaker_ray.data.io`).
+"""
+
+from __future__ import annotations
+
+from icebreaker_ray.data import io
+from icebreaker_ray.rid import gating
+
+#: The stage that writes each table (``OUT/<stage>/<table>.parquet``).
+TABLE_STAGE = {
+    "users": "simulate", "sessions": "simulate", "impressions": "simulate",
+    "revisit_pairs": "label-revisits", "interests": "distill-interests",
+    "sit_corpus": "distill-corpus", "candidates": "mine", "preference_pairs": "mine",
+}
+MODEL_DIR = "model"            # a generator inside its stage: sft/model, dpo/model
+VANILLA_DIR = "vanilla-model"  # dpo/vanilla-model: SFT+DPO on logged feedback
+SCORER_DIR = "scorer"
+THRESHOLDS_JSON = "thresholds.json"
+
+
+def table_uri(out: str, name: str) -> str:
+    return io.table_uri(out, TABLE_STAGE[name], name)
+
+
+def scorer_dir(out: str) -> str:
+    return io.join(out, "train-scorer", SCORER_DIR)
+
+
+def thresholds_json(out: str) -> str:
+    return io.join(out, "distill-interests", THRESHOLDS_JSON)
+
+
+def ranker_dir(out: str, slice_name: str = "util") -> str:
+    """``util`` guides mining; ``eval`` (a disjoint slice of the logs) only grades."""
+    return io.join(out, "train-ranker", slice_name)
+
+
+def sft_generator(out: str) -> str:
+    return io.join(out, "sft", MODEL_DIR)
+
+
+def dpo_generator(out: str) -> str:
+    return io.join(out, "dpo", MODEL_DIR)
+
+
+def vanilla_generator(out: str) -> str:
+    return io.join(out, "dpo", VANILLA_DIR)
+
+
+def promoted_generator(out: str) -> str:
+    """The generator the run ships: the one the self-reinforced rounds ended with, else
+    round 0's DPO model, else the SFT model (the newest complete stage that has one)."""
+    manifest = io.read_manifest(out, "iterate")
+    if manifest and io.is_complete(out, "iterate") and manifest.get("metrics", {}).get("final_model"):
+        return io.join(out, "iterate", manifest["metrics"]["final_model"])
+    if io.is_complete(out, "dpo"):
+        return dpo_generator(out)
+    return sft_generator(out)
+
+
+def generator_stage(out: str, uri: str) -> str:
+    """The stage whose output ``uri`` is (for naming a model version)."""
+    return uri[len(out.rstrip("/")) + 1:].split("/", 1)[0]
+
+
+def round_models(out: str) -> list[tuple[str, str]]:
+    """(label, model dir) of every generator along the way: SFT, DPO round 0, each round."""
+    models = [("SFT", sft_generator(out)), ("round 0", dpo_generator(out))]
+    manifest = io.read_manifest(out, "iterate") or {}
+    for row in manifest.get("metrics", {}).get("rounds", []):
+        models.append((f"round {row['round']}", io.join(out, "iterate", row["model"])))
+    return models
+
+
+def trigger_interests(out: str) -> dict[str, list[str]]:
+    """I* per user from ``distill-interests`` (:func:`icebreaker_ray.rid.gating.trigger_interests`)."""
+    table = io.read_table(table_uri(out, "interests"), "interests")
+    return gating.trigger_interests(table.column("user_id").to_numpy(zero_copy_only=False),
+                                    table.column("summary").to_pylist(),
+                                    table.column("score").to_numpy(),
+                                    table.column("selected").to_numpy(zero_copy_only=False))
