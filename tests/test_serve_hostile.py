@@ -168,8 +168,11 @@ def test_responses_never_carry_nan_or_lone_surrogates():
                                    "source": "generated"}
     assert body["trigger_interests"] == ["x\ufffd"]
     hostile = {"a\ud800": [float("inf"), "\udc00", b"\xff", (1, float("nan"))]}
-    assert strict_json(dumps(hostile).encode()) == {"a\ufffd": ["inf", "\ufffd", "\ufffd", [1, "nan"]]}
-    assert strict_json(SafeJSONResponse(hostile).body) == strict_json(dumps(hostile).encode())
+    assert strict_json(dumps(hostile)) == {"a\ufffd": ["inf", "\ufffd", "\ufffd", [1, "nan"]]}
+    assert strict_json(SafeJSONResponse(hostile).body) == strict_json(dumps(hostile))
+    assert strict_json(dumps({"only": "a surrogate \ud800"})) == {"only": "a surrogate \ufffd"}
+    assert strict_json(dumps({"only": float("nan")})) == {"only": "nan"}
+    assert dumps({"fine": ["大阪 🍜", 1.5]}) == '{"fine":["大阪 🍜",1.5]}'.encode()
 
 
 def test_store_refuses_unstorable_events_without_storing_any(tmp_path):
@@ -185,3 +188,14 @@ def test_store_refuses_unstorable_events_without_storing_any(tmp_path):
     assert store.count() == 0
     assert store.append([ok]).inserted == 1
     store.close()
+
+
+def test_stream_lines_are_strict_json(app):
+    tc, store = app
+    body = b'{"summaries": ["Ramen in \\u5927\\u962a"], "k": 2}'
+    with tc.stream("POST", "/v1/starters/stream", content=body,
+                   headers={"content-type": "application/json"}) as resp:
+        assert resp.status_code == 200
+        lines = [strict_json(line) for line in b"".join(resp.iter_bytes()).splitlines() if line]
+    assert [e["event"] for e in lines][0] == "meta" and lines[-1]["event"] == "done"
+    assert lines[0]["trigger_interests"] == ["Ramen in 大阪"]

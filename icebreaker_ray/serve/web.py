@@ -138,25 +138,21 @@ def json_safe(value: Any) -> Any:
     return root[0]
 
 
-def dumps(value: Any) -> str:
-    """Strict JSON text of ``value`` (see :func:`json_safe`); one line, non-ASCII kept."""
+def dumps(value: Any) -> bytes:
+    """Strict JSON of ``value`` in UTF-8 (see :func:`json_safe`); one line, non-ASCII kept."""
     try:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (ValueError, UnicodeError):
-        pass
-    text = json.dumps(json_safe(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    text.encode("utf-8")  # a surrogate that slipped through would fail here, not on the wire
-    return text
+        return json.dumps(value, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+    except ValueError:  # NaN/Infinity, or a lone surrogate (UnicodeEncodeError)
+        return json.dumps(json_safe(value), ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
 
 
 class SafeJSONResponse(JSONResponse):
     """A JSONResponse that can always be sent: strict JSON, valid UTF-8 (:func:`dumps`)."""
 
     def render(self, content: Any) -> bytes:
-        try:
-            return super().render(content)
-        except (ValueError, UnicodeError):
-            return dumps(content).encode("utf-8")
+        return dumps(content)
 
 
 class StrictJSONRequest(Request):
@@ -381,7 +377,7 @@ class StarterService:
         d: Distilled = await call(self.h.distiller.distill, body.user_id, body.summaries)
 
         def line(event: str, **data: Any) -> bytes:
-            return (dumps({"event": event, **data}) + "\n").encode("utf-8")
+            return dumps({"event": event, **data}) + b"\n"
 
         async def events() -> AsyncIterator[bytes]:
             yield line("meta", request_id=request_id, user_id=body.user_id,
