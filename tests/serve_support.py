@@ -133,3 +133,124 @@ def stop_app() -> None:
     from ray import serve
 
     serve.shutdown()
+
+
+# ----------------------------------------------------------------------------- in-process app
+
+
+class _FakeMethod:
+    """``handle.method.remote(*args)`` of a DeploymentHandle, answered in-process."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def remote(self, *args):
+        result = self.fn(*args)
+        if hasattr(result, "__anext__"):  # a streaming method: the async generator itself
+            return result
+
+        async def done():
+            return result
+
+        return done()
+
+
+class _FakeDeployment:
+    def __init__(self, **methods) -> None:
+        for name, fn in methods.items():
+            setattr(self, name, _FakeMethod(fn))
+
+    def options(self, **_):
+        return self
+
+
+def fake_handles():
+    """Handles whose deployments answer instantly without models: the distiller takes the
+    pasted summaries (or the user's logged ones in :data:`USERS`) as interests, the
+    generator and selector write numbered starters."""
+    from icebreaker_ray.serve.components import Distilled, GenUpdate, Pick
+    from icebreaker_ray.serve.web import Handles
+
+    def distill(user_id, summaries):
+        history = summaries or USERS.get(user_id or "", (0, None, []))[2]
+        return Distilled(interests=history[-2:], history=history, cold_start=not history,
+                         method="recent" if history else "none", known_user=user_id in USERS)
+
+    def texts(job):
+        return [f"Starter {i} about {job.interests[0][:20]}?" for i in range(job.k + 2)]
+
+    async def stream(job):
+        yield GenUpdate(first_token=True)
+        yield GenUpdate(new_starters=texts(job)[:1])
+        yield GenUpdate(texts=texts(job))
+
+    def select(user_id, history, interests, candidates, k, profile=None):
+        return [Pick(text, 1.0 - i / 10, "generated") for i, text in enumerate(candidates[:k])]
+
+    return Handles(
+        distiller=_FakeDeployment(distill=distill, known_users=lambda: sorted(USERS)),
+        generator=_FakeDeployment(sample=texts, stream=stream),
+        selector=_FakeDeployment(
+            select=select, screen=lambda shown, new: new,
+            cold_start=lambda k: [Pick(s, float(c), "cold_start") for s, c in LOGGED_STARTERS[:k]]))
+
+
+def in_process_app(store_path: str, overrides: list[str] | None = None):
+    """The Ingress's real ASGI app (``make_http_app``: routes, limits, body parsing, event
+    store) around :func:`fake_handles`; for Starlette's TestClient. Returns (app, store)."""
+    from icebreaker_ray.config import load_config
+    from icebreaker_ray.serve.store import EventStore
+    from icebreaker_ray.serve.web import StarterService, make_http_app
+
+    cfg = load_config("local-cpu", overrides or [])
+    store = EventStore(store_path)
+    service = StarterService(cfg, fake_handles(), store, "fake-model", has_scorer=False,
+                             has_ranker=False)
+    return make_http_app(service, None, cfg.serve.max_body_bytes), store
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+_EVENT = ('{"event_id": "h-1", "request_id": "r-1", "user_id": "u0000001", '
+          '"starter": "Which One Piece arc should I read next?", "type": "click"')
+
+
+def _event_body(extra: str, position: str = "0") -> bytes:
+    return f'{{"events": [{_EVENT}, "position": {position}{extra}}}]}}'.encode()
+
+
+def _event_loc(field: str) -> list:
+    return ["body", "events", 0, field]
+
+
+#: id -> (path, raw request body, status, the ``loc`` its 422 must name). Strings are
+#: written as JSON escapes (a lone ``\ud800`` is legal JSON text but not Unicode).
+HOSTILE = {
+    **{f"k-{tok}": ("/v1/starters", f'{{"k": {tok}}}'.encode(), 422, ["body", "k"])
+       for tok in ("NaN", "Infinity", "-Infinity", "1e400")},
+    "stream-k-NaN": ("/v1/starters/stream", b'{"k": NaN, "user_id": "u0000001"}', 422, ["body", "k"]),
+    "refresh-NaN": ("/v1/starters", b'{"refresh": NaN}', 422, ["body", "refresh"]),
+    "summary-NaN": ("/v1/starters", b'{"summaries": ["ok", -Infinity]}', 422, ["body", "summaries", 1]),
+    "k-5000-digits": ("/v1/starters", b'{"k": 1' + b"0" * 5000 + b"}", 422, ["body", "k"]),
+    "summaries-surrogate": ("/v1/starters", b'{"summaries": ["ok", "bad \\ud800 text"]}', 422,
+                            ["body", "summaries", 1]),
+    "summaries-utf8-surrogate": ("/v1/starters", b'{"summaries": ["\xed\xa0\x80"]}', 422,
+                                 ["body", "summaries", 0]),
+    "user-id-surrogate": ("/v1/starters", b'{"user_id": "u000\\udfff"}', 422, ["body", "user_id"]),
+    "locale-surrogate": ("/v1/starters", b'{"locale": "en-\\udc00"}', 422, ["body", "locale"]),
+    "field-name-surrogate": ("/v1/starters", b'{"k": 2, "us\\ud800er": "x"}', 422, ["body", "us\ufffder"]),
+    **{f"position-{tok}": ("/v1/feedback", _event_body("", tok), 422, _event_loc("position"))
+       for tok in ("NaN", "Infinity", "-Infinity", "1e400")},
+    "starter-surrogate": ("/v1/feedback", _event_body(', "starter": "Hi \\ud83d?"'), 422,
+                          _event_loc("starter")),
+    "event-field-name-surrogate": ("/v1/feedback", _event_body(', "\\udc00": 1'), 422,
+                                   _event_loc("\ufffd")),
+    "ts-year-1-naive": ("/v1/feedback", _event_body(', "ts": "0001-01-01T00:00:00"'), 422,
+                        _event_loc("ts")),
+    "ts-naive": ("/v1/feedback", _event_body(', "ts": "2026-11-21T12:00:00"'), 422, _event_loc("ts")),
+    "ts-year-1-utc": ("/v1/feedback", _event_body(', "ts": "0001-01-01T00:00:00Z"'), 422,
+                      _event_loc("ts")),
+    "ts-year-9999": ("/v1/feedback", _event_body(', "ts": "9999-12-31T23:59:59-23:59"'), 422,
+                     _event_loc("ts")),
+    "ts-huge-number": ("/v1/feedback", _event_body(', "ts": 1e300'), 422, _event_loc("ts")),
+}

@@ -18,7 +18,7 @@ import uuid
 
 import httpx
 import pytest
-from serve_support import USERS, build_run, start_app, stop_app
+from serve_support import HOSTILE, USERS, build_run, start_app, stop_app
 
 from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
 
@@ -214,6 +214,30 @@ def test_bad_feedback_gets_422(client, app, case):
     payload, message = BAD_FEEDBACK[case]
     resp = client.post("/v1/feedback", json=payload)
     assert resp.status_code == 422 and message in resp.text, resp.text
+
+
+@pytest.mark.parametrize("case", list(HOSTILE), ids=list(HOSTILE))
+def test_hostile_bodies_get_422_naming_the_field_through_ray_serve(client, app, case):
+    """Raw bytes through Serve's HTTP proxy: lone surrogates, NaN/Infinity, naive or
+    year-1 timestamps (tests/test_serve_hostile.py has the in-process details)."""
+    path, body, status, loc = HOSTILE[case]
+    before = _stored_ids(app.store_path)
+    resp = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == status, resp.text
+    detail = json.loads(resp.content.decode("utf-8"), parse_constant=pytest.fail)["detail"]
+    assert any(e["loc"] == loc for e in detail), (loc, detail)
+    assert _stored_ids(app.store_path) == before
+    event = {**EVENT, "event_id": f"hostile-ok-{case}"}
+    assert client.post("/v1/feedback", json={"events": [event]}).json() == {"inserted": 1, "duplicates": 0}
+    assert event["event_id"] in _stored_ids(app.store_path)
+
+
+def test_trailing_slash_with_forged_host_is_not_redirected_there(client):
+    resp = client.post("/v1/starters/", json={"k": 2}, headers={"host": "evil.example.com"},
+                       follow_redirects=False)
+    assert resp.status_code == 404, (resp.status_code, resp.headers)
+    assert "evil.example.com" not in resp.headers.get("location", "") + resp.text
+    assert_still_serving(client)
 
 
 def test_server_keeps_serving_after_bad_requests(client):

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_request ON events (request_id, position);
 """
 COLUMNS = ("event_id", "request_id", "user_id", "starter", "position", "type", "source", "ts_ms")
+_INT64 = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,19 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+def _check_storable(e: StoredEvent) -> None:
+    for name in COLUMNS:
+        value = getattr(e, name)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(f"event {e.event_id!r}: {name} is not valid Unicode "
+                                 f"({exc.reason} at character {exc.start})") from None
+        elif not isinstance(value, int) or isinstance(value, bool) or value not in _INT64:
+            raise ValueError(f"event {e.event_id!r}: {name} is not a 64-bit integer: {value!r}")
+
+
 class EventStore:
     """Append-only, idempotent event log in one SQLite file (see module docstring)."""
 
@@ -91,7 +105,11 @@ class EventStore:
         self._conn.executescript(SCHEMA_SQL)
 
     def append(self, events: Sequence[StoredEvent]) -> AppendResult:
-        """Insert ``events`` in one transaction; returns after the commit is durable."""
+        """Insert ``events`` in one transaction; returns after the commit is durable.
+        Raises ValueError, storing nothing, when an event cannot be stored as given (text
+        that is not valid Unicode, an integer beyond 64 bits): the API rejects those first."""
+        for e in events:
+            _check_storable(e)
         now = int(time.time() * 1000)
         rows = [(*(getattr(e, c) for c in COLUMNS), now) for e in events]
         with self._lock:

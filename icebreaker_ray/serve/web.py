@@ -8,7 +8,12 @@
 Bad input never reaches the models: malformed JSON and wrong types are answered 422
 with pydantic's message (FastAPI's validation); too many or too long summaries 413
 naming the field and the limit; a body over ``serve.max_body_bytes`` 413 before it is
-read (:class:`BodyLimit`, outermost, so even a chunked body is cut off). A downstream
+read (:class:`BodyLimit`, outermost, so even a chunked body is cut off); a lone
+surrogate in a string or field name, or ``NaN``/``Infinity`` anywhere in a body 422
+naming the field (:class:`StrictJSONRoute`, with :func:`api.parse_json_body`). Every
+answer, errors included, is valid UTF-8 JSON without ``NaN`` (:class:`SafeJSONResponse`),
+and a trailing slash is a 404, never a redirect (which would name the client-supplied
+``Host``). A downstream
 replica that dies mid-request is retried once through Serve's router (which sends the
 call to a live or replacement replica) before the client gets a 503.
 """
@@ -21,6 +26,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,10 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from icebreaker_ray.config import Config
 from icebreaker_ray.serve.api import (
+    BodyError,
     FeedbackRequest,
     FeedbackResponse,
     Health,
@@ -40,6 +51,8 @@ from icebreaker_ray.serve.api import (
     StartersRequest,
     StartersResponse,
     UserList,
+    clean_text,
+    parse_json_body,
 )
 from icebreaker_ray.serve.components import Distilled, GenJob, GenUpdate, Pick
 from icebreaker_ray.serve.store import EventStore, StoredEvent
@@ -86,6 +99,98 @@ def access_guard(key_sha256: str | None) -> Callable[..., Awaitable[None]]:
             raise HTTPException(401, f"missing or wrong {API_KEY_HEADER} header")
 
     return check
+
+
+# ----------------------------------------------------------------------------- strict JSON
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` made sendable as strict JSON: lone surrogates -> U+FFFD (in keys too),
+    non-finite floats -> their name as a string ("nan", "inf"), bytes decoded as UTF-8
+    (invalid bytes -> U+FFFD), tuples -> lists. Iterative, so any depth is fine."""
+
+    def leaf(v: Any) -> Any:
+        if isinstance(v, str):
+            return clean_text(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if isinstance(v, bytes):
+            return v.decode("utf-8", "replace")
+        return v
+
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any, Any]] = [(root, 0, value)]  # (container, slot, value)
+    while stack:
+        container, slot, v = stack.pop()
+        if isinstance(v, dict):
+            out: dict = {}
+            container[slot] = out
+            for k, child in v.items():
+                key = clean_text(k) if isinstance(k, str) else k
+                out[key] = None
+                stack.append((out, key, child))
+        elif isinstance(v, list | tuple):
+            items: list = [None] * len(v)
+            container[slot] = items
+            stack.extend((items, i, child) for i, child in enumerate(v))
+        else:
+            container[slot] = leaf(v)
+    return root[0]
+
+
+def dumps(value: Any) -> bytes:
+    """Strict JSON of ``value`` in UTF-8 (see :func:`json_safe`); one line, non-ASCII kept."""
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+    except ValueError:  # NaN/Infinity, or a lone surrogate (UnicodeEncodeError)
+        return json.dumps(json_safe(value), ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":")).encode("utf-8")
+
+
+class SafeJSONResponse(JSONResponse):
+    """A JSONResponse that can always be sent: strict JSON, valid UTF-8 (:func:`dumps`)."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+class StrictJSONRequest(Request):
+    """A request whose JSON body is parsed by :func:`parse_json_body`: a lone surrogate or
+    a non-finite number is a 422 naming the field, in FastAPI's validation-error shape."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            try:
+                self._json = parse_json_body(await self.body())
+            except BodyError as exc:  # FastAPI passes an HTTPException through unchanged
+                raise HTTPException(422, exc.errors) from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """The app's route class: its handler sees a :class:`StrictJSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def strict_handler(request: Request) -> Response:
+            return await handler(StrictJSONRequest(request.scope, request.receive))
+
+        return strict_handler
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return SafeJSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+    """FastAPI's 422, with the echoed inputs made sendable (a body that is not UTF-8, ...)."""
+    errors = jsonable_encoder(exc.errors(), custom_encoder={
+        bytes: lambda b: b.decode("utf-8", "replace")})
+    return SafeJSONResponse({"detail": errors}, 422)
 
 
 # ----------------------------------------------------------------------------- body limit
@@ -272,7 +377,7 @@ class StarterService:
         d: Distilled = await call(self.h.distiller.distill, body.user_id, body.summaries)
 
         def line(event: str, **data: Any) -> bytes:
-            return (json.dumps({"event": event, **data}) + "\n").encode()
+            return dumps({"event": event, **data}) + b"\n"
 
         async def events() -> AsyncIterator[bytes]:
             yield line("meta", request_id=request_id, user_id=body.user_id,
@@ -327,8 +432,14 @@ class StarterService:
 
 def make_http_app(service: StarterService, key_sha256: str | None, max_body_bytes: int) -> BodyLimit:
     """The FastAPI app (OpenAPI at /docs) wrapped in :class:`BodyLimit`."""
-    app = FastAPI(title="ICEBREAKER starters", version="1",
+    # redirect_slashes=False: Starlette would answer "/v1/starters/" with a 307 to an
+    # absolute URL built from the request's Host header (an open redirect).
+    app = FastAPI(title="ICEBREAKER starters", version="1", redirect_slashes=False,
+                  default_response_class=SafeJSONResponse,
+                  exception_handlers={StarletteHTTPException: http_error,
+                                      RequestValidationError: validation_error},
                   description="Personalized conversation starters (ICEBREAKER) on Ray Serve.")
+    app.router.route_class = StrictJSONRoute
     guard = [Depends(access_guard(key_sha256))]
     index_html = (STATIC_DIR / "index.html").read_text()
 
