@@ -55,7 +55,7 @@ def pausing_build(marker_dir: str, wait_s: float = 300.0):
         from transformers import TrainerCallback
 
         class PauseAfterFirstSave(TrainerCallback):
-            # Added after RayTrainReportCallback: on_save runs once the checkpoint is reported.
+            # Added after the report callback: on_save runs once the checkpoint is reported.
             def on_save(self, args, state, control, **kwargs):
                 marker = os.path.join(marker_dir, f"pid-{ray.train.get_context().get_world_rank()}")
                 if os.path.exists(marker):

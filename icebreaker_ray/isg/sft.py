@@ -10,7 +10,7 @@ S rendered as ``<sug> s1 && … </sug>``. TRL's ``SFTTrainer`` computes the loss
 completion tokens only (prompt-completion format, ``completion_only_loss=True``).
 
 Ray glue: each Ray Train worker runs :func:`hf_train_loop` — TRL ``SFTTrainer`` wrapped
-with ``prepare_trainer`` plus ``RayTrainReportCallback``, so every HF checkpoint
+with ``prepare_trainer`` plus :func:`report_checkpoints`, so every HF checkpoint
 (model, optimizer, scheduler, DeepSpeed shards, trainer state) becomes a Ray Train
 checkpoint. Rerunning with the same ``RunConfig(name, storage_path)`` hands the latest
 one back through ``ray.train.get_checkpoint()`` and training resumes from its step;
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The HF checkpoint's folder inside a Ray Train checkpoint.
+HF_CHECKPOINT = "checkpoint"
 #: Files of an HF checkpoint that make up the model (the rest is optimizer/trainer state).
 _STATE_PREFIXES = ("optimizer", "scheduler", "rng_state", "trainer_state", "training_args",
                    "global_step", "latest", "zero_to_", "scaler")
@@ -147,16 +149,35 @@ def _lora_config(lora: dict[str, Any] | None) -> Any:
 
 def _resume_dir(tmp: str) -> str | None:
     """The HF checkpoint inside Ray Train's latest checkpoint, copied locally, or None."""
-    import ray.train
+    from icebreaker_ray.raykit import restore_checkpoint
 
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
+    local = restore_checkpoint(os.path.join(tmp, "resume"))
+    if local is None:
         return None
-    local = os.path.join(tmp, "resume")
-    with ckpt.as_directory() as d:
-        src = os.path.join(d, "checkpoint")
-        shutil.copytree(src if os.path.isdir(src) else d, local)
-    return local
+    inner = os.path.join(local, HF_CHECKPOINT)
+    return inner if os.path.isdir(inner) else local
+
+
+def report_checkpoints() -> Any:
+    """A TrainerCallback that reports every HF checkpoint to Ray Train through
+    :func:`raykit.report` (what Ray's RayTrainReportCallback does): the metrics are the
+    log history merged, and each rank adds its files of the latest HF checkpoint (rank 0
+    the model; every rank its RNG state and DeepSpeed shards) under ``checkpoint/``."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from icebreaker_ray.raykit import report
+
+    class ReportCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            metrics: dict[str, Any] = {}
+            for entry in state.log_history:
+                metrics.update(entry)
+            last = get_last_checkpoint(args.output_dir)
+            report(metrics, None if last is None else
+                   lambda d: shutil.copytree(last, os.path.join(d, HF_CHECKPOINT)))
+
+    return ReportCheckpoints()
 
 
 def step_timer(warmup: int = 2) -> Any:
@@ -199,7 +220,7 @@ def hf_train_loop(config: dict[str, Any]) -> None:
     DeepSpeed and LoRA from the config, reporting every HF checkpoint to Ray Train."""
     import torch
     from datasets import Dataset
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from ray.train.huggingface.transformers import prepare_trainer
     from transformers import AutoModelForCausalLM, TrainerCallback
 
     from icebreaker_ray.models import load_tokenizer
@@ -225,7 +246,7 @@ def hf_train_loop(config: dict[str, Any]) -> None:
         trainer = config["build"](
             model, tok, train, os.path.join(tmp, "out"), config["seed"],
             Dataset.from_list(config["examples"]), _lora_config(train.get("lora")),
-            [_StartStep(), step_timer(), RayTrainReportCallback()],
+            [_StartStep(), step_timer(), report_checkpoints()],
         )
         trainer = prepare_trainer(trainer)
         trainer.train(resume_from_checkpoint=resume)
@@ -266,26 +287,15 @@ def run_hf_training(
 ) -> Any:
     """Run :func:`hf_train_loop` with the trainer ``build`` makes (SFT or DPO) on Ray Train
     workers; FailureConfig, checkpoint retention and resume as in the module docstring."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from icebreaker_ray.raykit import fit_on_ray
 
-    resources = {"CPU": train.cpus_per_worker}
-    if train.use_gpu:
-        resources["GPU"] = 1
-    trainer = TorchTrainer(
-        hf_train_loop,
-        train_loop_config={**loop_config(train, model_path, examples, seed), "build": build},
-        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
-            worker_runtime_env={"env_vars": {"OMP_NUM_THREADS": str(train.cpus_per_worker)}},
-        ),
+    return fit_on_ray(
+        hf_train_loop, {**loop_config(train, model_path, examples, seed), "build": build},
+        num_workers=train.num_workers, run_name=name, storage_path=storage_path,
+        max_failures=train.max_failures, use_gpu=train.use_gpu, cpus_per_worker=train.cpus_per_worker,
+        keep_checkpoints=train.keep_checkpoints,
+        worker_env={"OMP_NUM_THREADS": str(train.cpus_per_worker)},
     )
-    return trainer.fit()
 
 
 def _is_state_file(name: str) -> bool:

@@ -28,7 +28,7 @@ import pyarrow as pa
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.layout import MODEL_DIR, VANILLA_DIR, trigger_interests
-from icebreaker_ray.raykit import init_ray, node_id
+from icebreaker_ray.raykit import init_ray, map_actor_pool, node_id
 
 SIT_TABLE = "sit_corpus"
 
@@ -81,23 +81,14 @@ class TeacherActor:
 
 def distill_corpus(cfg: Config, out: str) -> dict[str, Any]:
     """The coverage-oriented corpus D_cov: the teacher's filtered starters per interest set."""
-    import ray
-
     by_user = trigger_interests(out)
     items = [{"user_id": u, "interests": xs} for u, xs in by_user.items() if xs]
     if not items:
         raise RuntimeError(f"{out}: no user has selected trigger interests; nothing to distil")
     init_ray(cfg)
     t = cfg.teacher
-    ds = ray.data.from_items(items).map_batches(
-        TeacherActor,
-        fn_constructor_kwargs={"cfg_data": cfg.model_dump(mode="json")},
-        compute=ray.data.ActorPoolStrategy(size=min(t.num_actors, len(items))),
-        batch_size=t.batch_size,
-        batch_format="pandas",
-        num_cpus=1,
-    )
-    df = ds.to_pandas()
+    df = map_actor_pool(pa.Table.from_pylist(items), TeacherActor, {"cfg_data": cfg.model_dump(mode="json")},
+                        min(t.num_actors, len(items)), t.batch_size, batch_format="pandas").to_pandas()
     k = cfg.generation.K
     keep = df["starters"].map(len) >= k  # fewer than K starters cannot make one SFT example
     table = pa.table({

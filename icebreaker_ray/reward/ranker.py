@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,54 +246,21 @@ def fit_ranker(ex: RankerExamples, *, hidden: int = 64, depth_weight: float = 0.
 
 
 def _ray_loop(config: dict) -> None:
-    """Ray Train worker: each rank trains on its shard; DDP averages gradients; reports
-    and checkpoints every ``checkpoint_every`` epochs and after the last."""
-    import ray.train
-    import ray.train.torch
+    """Ray Train worker: :func:`raykit.train_epochs` with the ranker's loss (every rank the
+    same number of batches; DDP averages gradients; reports and checkpoints every
+    ``checkpoint_every`` epochs and after the last; resumes from the last checkpoint)."""
+    from icebreaker_ray.raykit import train_epochs
 
-    from icebreaker_ray.raykit import report_due
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     ex: RankerExamples = config["examples"]
     torch.manual_seed(config["seed"])
-    model = UtilityRanker(_dim(ex), config["hidden"], config["depth_weight"])
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            model.load_state_dict(torch.load(Path(d) / "ranker.pt", weights_only=True))
-            state = json.loads((Path(d) / "state.json").read_text())
-            start_epoch, history = state["epoch"] + 1, state["losses"]
-    model = ray.train.torch.prepare_model(model)
-    data = {k: v[rank::world] for k, v in _tensors(ex).items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=1e-2)
-    gen = torch.Generator().manual_seed(config["seed"] + rank)
-    n = len(data["clicked"])
-    for epoch in range(start_epoch, config["epochs"]):
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for s in range(0, n, config["batch_size"]):
-            idx = perm[s:s + config["batch_size"]]
-            loss = ranker_loss(model, {k: v[idx] for k, v in data.items()})
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        metrics = {"epoch": epoch, "loss": total / max(n, 1)}
-        history.append(metrics["loss"])
-        if not report_due(epoch, config["epochs"], config["checkpoint_every"]):
-            continue
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as d:
-                inner = model.module if hasattr(model, "module") else model
-                torch.save(inner.state_dict(), Path(d) / "ranker.pt")
-                # The loss history travels in the checkpoint: Ray keeps only the last few.
-                (Path(d) / "state.json").write_text(json.dumps({"epoch": epoch, "losses": history}))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(metrics)
+    data = _tensors(ex)
+    train_epochs(
+        UtilityRanker(_dim(ex), config["hidden"], config["depth_weight"]),
+        lambda model, idx, _rng: ranker_loss(model, {k: v[idx] for k, v in data.items()}),
+        n=len(ex), epochs=config["epochs"], batch_size=config["batch_size"],
+        every=config["checkpoint_every"], seed=config["seed"],
+        optimizer=lambda model: torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=1e-2),
+    )
 
 
 def train_ranker_on_ray(ex: RankerExamples, *, run_name: str, storage_path: str, num_workers: int = 2,
@@ -305,7 +271,7 @@ def train_ranker_on_ray(ex: RankerExamples, *, run_name: str, storage_path: str,
     """Train on Ray Train workers (a checkpoint every ``checkpoint_every`` epochs and after
     the last; rerun to resume); returns the model and rank 0's loss per epoch over the
     whole run, resumed attempts included."""
-    from icebreaker_ray.raykit import fit_on_ray
+    from icebreaker_ray.raykit import fit_on_ray, load_state
 
     result = fit_on_ray(
         _ray_loop,
@@ -316,7 +282,6 @@ def train_ranker_on_ray(ex: RankerExamples, *, run_name: str, storage_path: str,
     )
     model = UtilityRanker(_dim(ex), hidden, depth_weight)
     with result.checkpoint.as_directory() as d:
-        model.load_state_dict(torch.load(Path(d) / "ranker.pt", weights_only=True))
-        losses = json.loads((Path(d) / "state.json").read_text())["losses"]
+        losses = load_state(d, model)["losses"]
     model.eval()
     return model, [float(x) for x in losses]

@@ -29,8 +29,6 @@ both negative kinds come from one score matrix.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,48 +424,25 @@ def load_scorer(directory: str | Path) -> ResonanceScorer:
 
 
 def _ray_train_loop(config: dict) -> None:
-    """TorchTrainer worker: DDP over gloo, users sharded by rank, a checkpoint every
-    ``scfg.checkpoint_every`` epochs and after the last.
+    """TorchTrainer worker: :func:`raykit.train_epochs` with the eq.-3 loss (DDP over gloo,
+    users sharded so every rank runs the same number of minibatches, a checkpoint every
+    ``scfg.checkpoint_every`` epochs and after the last, resume from the last one)."""
+    from icebreaker_ray.raykit import train_epochs
 
-    Every worker runs the same number of minibatches per epoch (DDP needs matching
-    all-reduces), cycling its shard when it is short. Resumes from the last checkpoint.
-    """
-    import ray.train
-    import ray.train.torch
-
-    from icebreaker_ray.raykit import report_due
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data: UserExamples = config["data"]
     scfg = config["scfg"]
     model = new_model(data, scfg, config["seed"], config.get("encoder"))
-    start, losses = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=False, map_location="cpu")
-            model.load_state_dict(state["model"])
-            start, losses = state["epoch"] + 1, state["losses"]
-    # A fine-tuned encoder has weights the sentence embedding never uses (BERT's pooler).
-    ddp = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": True} if _wants_text(model) else None)
-    opt = _optimizer(ddp, scfg)
-    users = np.arange(rank, len(data), world)
-    batches = max(1, -(-len(data) // (scfg.batch_size * world)))
-    for epoch in range(start, scfg.epochs):
-        rng = np.random.default_rng([config["seed"], rank, epoch])
-        loss = _epoch(ddp, opt, data, users if len(users) else np.arange(len(data)), scfg, rng, batches)
-        losses.append(loss)
-        if not report_due(epoch, scfg.epochs, scfg.checkpoint_every):
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                torch.save({"model": model.state_dict(), "epoch": epoch, "losses": losses},
-                           os.path.join(tmp, "state.pt"))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({"epoch": epoch, "loss": loss}, checkpoint=checkpoint)
+    text = _wants_text(model)
+
+    def loss(ddp: nn.Module, users: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        items, owner, prof, lab = _to(ddp, _batch(data, users, scfg.max_items_per_user, rng, text))
+        return contrastive_loss(ddp(items, owner, prof), owner, lab, scfg.temperature)
+
+    train_epochs(model, loss, n=len(data), epochs=scfg.epochs, batch_size=scfg.batch_size,
+                 every=scfg.checkpoint_every, seed=config["seed"],
+                 optimizer=lambda ddp: _optimizer(ddp, scfg),
+                 # A fine-tuned encoder has weights the sentence embedding never uses (BERT's pooler).
+                 prepare_kwargs={"find_unused_parameters": True} if text else None)
 
 
 def train_scorer_on_ray(data: UserExamples, scfg, storage_path: str, run_name: str = "train-scorer",
@@ -476,7 +451,7 @@ def train_scorer_on_ray(data: UserExamples, scfg, storage_path: str, run_name: s
     same ``storage_path``/``run_name`` resumes from the last checkpoint. ``encoder``: fine-tune
     that sentence encoder with the heads (``data`` must carry texts). Returns the model
     loaded from the final checkpoint, rank 0's mean loss per epoch and the Result."""
-    from icebreaker_ray.raykit import fit_on_ray
+    from icebreaker_ray.raykit import fit_on_ray, load_state
 
     result = fit_on_ray(
         _ray_train_loop, {"data": data, "scfg": scfg, "seed": seed, "encoder": encoder},
@@ -485,7 +460,6 @@ def train_scorer_on_ray(data: UserExamples, scfg, storage_path: str, run_name: s
     )
     model = new_model(data, scfg, seed, encoder)
     with result.checkpoint.as_directory() as d:
-        state = torch.load(Path(d) / "state.pt", weights_only=False, map_location="cpu")
-    model.load_state_dict(state["model"])
+        state = load_state(d, model)
     model.eval()
     return model, [float(x) for x in state["losses"]], result

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
-from icebreaker_ray.raykit import init_ray, node_id
+from icebreaker_ray.raykit import init_ray, map_actor_pool, node_id, to_numpy
 from icebreaker_ray.rid import gating, judge, scorer
 
 EMBEDDINGS_FILE = "session_embeddings.npz"
@@ -80,26 +80,10 @@ class JudgeActor:
         return batch.assign(label=v.labels, parsed_ok=v.parsed_ok, failed=v.failed, node=self.node)
 
 
-def _blocks(n: int, batch_size: int, actors: int) -> int:
-    """Enough blocks that every actor of the pool gets work, not more than needed."""
-    return max(1, min(n, max(actors, -(-n // batch_size))))
-
-
-def _dataset(df: pd.DataFrame, blocks: int):
-    """``ray.data.from_pandas`` over ``blocks`` row slices (its own ``override_num_blocks``
-    split fails on pandas 3 with Ray 2.60: np.array_split returns arrays, not frames)."""
-    import ray
-
-    bounds = np.linspace(0, len(df), blocks + 1).astype(int)
-    return ray.data.from_pandas([df.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
-
-
 def embed_rows(cfg: Config, summaries: list[str], scorer_dir: str | None = None,
                batch_size: int = 256, num_actors: int | None = None) -> dict[str, Any]:
     """Embed ``summaries`` (and encode them with the scorer's text tower) through Ray Data
     with an actor pool. Returns {"emb", "z" (when scorer_dir), "node_ids"} in input order."""
-    import ray
-
     init_ray(cfg)
     n = len(summaries)
     dim_z = None
@@ -109,25 +93,14 @@ def embed_rows(cfg: Config, summaries: list[str], scorer_dir: str | None = None,
             dim_z = scorer.load_scorer(scorer_dir).config["dim"]
             out["z"] = np.zeros((0, dim_z), np.float32)
         return out
-    actors = num_actors or cfg.judge.num_actors
-    ds = _dataset(pd.DataFrame({"_row": np.arange(n), "summary": summaries}), _blocks(n, batch_size, actors))
-    ds = ds.map_batches(
-        EmbedActor, batch_size=batch_size, batch_format="numpy",
-        fn_constructor_kwargs={"embedder": cfg.models.embedder, "max_chars": cfg.judge.max_summary_chars,
-                               "scorer_dir": scorer_dir},
-        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
-    )
-    rows, embs, zs, nodes = [], [], [], set()
-    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
-        rows.append(b["_row"])
-        embs.append(b["emb"])
-        if "z" in b:
-            zs.append(b["z"])
-        nodes.update(b["node"].tolist())
-    order = np.argsort(np.concatenate(rows))
-    out = {"emb": np.concatenate(embs)[order].astype(np.float32), "node_ids": sorted(nodes)}
-    if zs:
-        out["z"] = np.concatenate(zs)[order].astype(np.float32)
+    table = map_actor_pool(
+        pa.table({"_row": np.arange(n), "summary": summaries}), EmbedActor,
+        {"embedder": cfg.models.embedder, "max_chars": cfg.judge.max_summary_chars, "scorer_dir": scorer_dir},
+        num_actors or cfg.judge.num_actors, batch_size, batch_format="numpy")
+    cols = to_numpy(table.sort_by("_row"))
+    out = {"emb": cols["emb"].astype(np.float32), "node_ids": sorted(set(cols["node"].tolist()))}
+    if "z" in cols:
+        out["z"] = cols["z"].astype(np.float32)
     return out
 
 
@@ -176,20 +149,16 @@ def _local_dir(uri: str) -> str:
 
 
 def judge_pairs(cfg: Config, pairs: pd.DataFrame) -> pd.DataFrame:
-    """Run the configured judge over candidate pairs with a Ray Data actor pool."""
-    import ray
-
+    """Run the configured judge over candidate pairs with a Ray Data actor pool (rows in
+    the order of ``pairs``)."""
     if pairs.empty:
         return pairs.assign(label=pd.Series(dtype=str), parsed_ok=pd.Series(dtype=bool),
                             failed=pd.Series(dtype=bool), node=pd.Series(dtype=str))
     init_ray(cfg)
-    blocks = _blocks(len(pairs), cfg.judge.batch_size, cfg.judge.num_actors)
-    ds = _dataset(pairs, blocks).map_batches(
-        JudgeActor, batch_size=cfg.judge.batch_size, batch_format="pandas",
-        fn_constructor_kwargs={"jcfg": cfg.judge, "cache": cfg.models.cache_dir},
-        compute=ray.data.ActorPoolStrategy(size=cfg.judge.num_actors), num_cpus=1,
-    )
-    return ds.to_pandas()
+    table = pa.Table.from_pandas(pairs.assign(_row=np.arange(len(pairs))), preserve_index=False)
+    judged = map_actor_pool(table, JudgeActor, {"jcfg": cfg.judge, "cache": cfg.models.cache_dir},
+                            cfg.judge.num_actors, cfg.judge.batch_size, batch_format="pandas")
+    return judged.sort_by("_row").drop_columns(["_row"]).to_pandas()
 
 
 def label_revisits(cfg: Config, out: str) -> dict[str, Any]:
