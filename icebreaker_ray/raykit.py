@@ -121,19 +121,20 @@ def fit_on_ray(loop, loop_config: dict, *, num_workers: int, run_name: str, stor
     gloo on CPU, NCCL on GPU) and return the ``ray.train.Result``.
 
     Rerunning with the same ``run_name`` and ``storage_path`` resumes: the loop reads
-    ``ray.train.get_checkpoint()``. ``storage_path`` may be a local dir or a URI.
+    ``ray.train.get_checkpoint()``. ``storage_path`` may be a local dir or a URI
+    (:func:`icebreaker_ray.data.io.train_storage`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if "://" not in storage_path:
-        storage_path = os.path.abspath(storage_path)
+    from icebreaker_ray.data.io import train_storage
+
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
-        run_config=RunConfig(name=run_name, storage_path=storage_path,
+        run_config=RunConfig(name=run_name, **train_storage(storage_path),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints)),
     )

@@ -48,11 +48,11 @@ class Artifacts:
 
 
 def _complete(run: str, stage: str, relative: str) -> str | None:
-    """``RUN/stage/relative`` as a local path when the stage is complete and it exists."""
+    """``RUN/stage/relative`` (a path or URI) when the stage is complete and it exists."""
     if not io.is_complete(run, stage):
         return None
-    path = Path(run, stage, relative)
-    return str(path) if path.exists() else None
+    path = io.join(run, stage, relative)
+    return path if io.exists(path) else None
 
 
 def _fingerprint(run: str, stage: str) -> str:
@@ -63,7 +63,7 @@ def _fingerprint(run: str, stage: str) -> str:
 def _generator(cfg: Config, run: str | None, model: str | None) -> tuple[str, str]:
     """(generator, model_version): an explicit model wins, then the run's best stage."""
     if model:
-        return model, Path(model).name if Path(model).exists() else model
+        return model, model.rstrip("/").rsplit("/", 1)[-1] if io.exists(model) else model
     if run:
         for stage in GENERATOR_STAGES:
             path = _complete(run, stage, "model")
@@ -73,10 +73,9 @@ def _generator(cfg: Config, run: str | None, model: str | None) -> tuple[str, st
 
 
 def locate(cfg: Config, run_dir: str | None = None, model: str | None = None) -> Artifacts:
-    """Find every artifact the server can use in ``run_dir`` (a local directory)."""
-    if run_dir is not None and "://" in run_dir:
-        raise io.DataError(f"the server reads its run from a local directory, got {run_dir}")
-    run = str(Path(run_dir).resolve()) if run_dir and Path(run_dir).is_dir() else None
+    """Find every artifact the server can use in ``run_dir`` (a directory or a storage URI;
+    model folders are copied to each replica's node by ``io.local_dir``)."""
+    run = io.absolute(run_dir) if run_dir and io.exists(run_dir) else None
     if run_dir and run is None:
         raise io.DataError(f"run directory {run_dir} does not exist")
     generator, version = _generator(cfg, run, model)
@@ -99,8 +98,17 @@ def locate(cfg: Config, run_dir: str | None = None, model: str | None = None) ->
 
 def event_store_path(cfg: Config, run_dir: str | None) -> str:
     """``serve.event_store`` as an absolute path: relative paths live in ``RUN/serve/``
-    (or ``./serve/`` without a run), so feedback sits next to the logs it extends."""
+    (or ``./serve/`` without a run), so feedback sits next to the logs it extends. The
+    store is a SQLite file, so a run in object storage keeps it in the local cache dir
+    (``<cache>/serve/<bucket>/<run>/``); ``store.export_impressions`` writes its events
+    to the run as a table."""
     path = Path(cfg.serve.event_store).expanduser()
     if not path.is_absolute():
-        path = Path(run_dir or ".", "serve", path)
+        if run_dir and not io.is_local(run_dir):
+            from icebreaker_ray.models import cache_dir
+
+            bucket_path = run_dir.split("://", 1)[1].strip("/")
+            path = cache_dir(cfg.models.cache_dir) / "serve" / bucket_path / path
+        else:
+            path = Path(io.resolve(run_dir)[1] if run_dir else ".", "serve", path)
     return str(path.resolve())
