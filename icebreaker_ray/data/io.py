@@ -196,7 +196,7 @@ def output_dir(uri: str) -> Iterator[str]:
 
 def _listing(fs: pafs.FileSystem, path: str) -> list[tuple[str, int, int]]:
     """(relative path, size, mtime ns) of every file below ``path``."""
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
     return sorted((f.path[len(path):].lstrip("/"), f.size, f.mtime_ns or 0)
                   for f in infos if f.type == pafs.FileType.File)
 
