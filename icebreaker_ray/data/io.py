@@ -95,8 +95,8 @@ def resolve(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     return _BUCKET_FS[key], rest.rstrip("/")
 
 
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+def join(base: str | os.PathLike[str], *parts: str) -> str:
+    return "/".join([os.fspath(base).rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 def exists(uri: str) -> bool:
@@ -143,13 +143,13 @@ def delete(uri: str) -> None:
 # ----------------------------------------------------------------------------- model folders
 
 
-def upload_dir(local: str | os.PathLike[str], uri: str) -> str:
+def upload_dir(local: str | os.PathLike[str], uri: str | os.PathLike[str]) -> str:
     """Copy the local directory ``local`` to ``uri``, replacing what was there.
 
     A local target is replaced by a rename; a remote one is deleted, then uploaded (its
     stage's manifest, written last, is what says the folder is whole).
     """
-    local = os.fspath(local)
+    local, uri = os.fspath(local), os.fspath(uri)
     if is_local(uri):
         target = resolve(uri)[1]
         tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
@@ -173,7 +173,7 @@ def _replace_local(tmp: str, target: str) -> None:
 
 
 @contextlib.contextmanager
-def output_dir(uri: str) -> Iterator[str]:
+def output_dir(uri: str | os.PathLike[str]) -> Iterator[str]:
     """A local directory to write a model folder into; on success it becomes ``uri``.
 
     Local targets are written beside the target and renamed into place (a failed save
@@ -201,7 +201,7 @@ def _listing(fs: pafs.FileSystem, path: str) -> list[tuple[str, int, int]]:
                   for f in infos if f.type == pafs.FileType.File)
 
 
-def local_dir(uri: str, cache: str | None = None) -> str:
+def local_dir(uri: str | os.PathLike[str], cache: str | None = None) -> str:
     """A local directory with the contents of the directory at ``uri``.
 
     A local path is returned itself (absolute). A remote folder is downloaded once into
@@ -215,7 +215,7 @@ def local_dir(uri: str, cache: str | None = None) -> str:
         if not os.path.isdir(path):
             raise DataError(f"{uri}: no such directory")
         return path
-    files = _listing(fs, path)
+    files, uri = _listing(fs, path), os.fspath(uri)
     if not files:
         raise DataError(f"{uri}: no such directory (or it is empty)")
     from icebreaker_ray.models import _file_lock, cache_dir
