@@ -2,7 +2,7 @@
 
 Tables, JSON, bytes and model folders round-trip through ``s3://``; the resonance scorer
 and the utility ranker save to and load from a URI; Ray Train checkpoints there; and the
-quick pipeline's first stages run with ``--out s3://bucket/run``.
+quick pipeline runs simulate -> dpo with ``run.storage_path: s3://bucket``.
 """
 
 from __future__ import annotations
@@ -91,6 +91,12 @@ def test_model_folder_round_trip_uses_the_cache(s3, tmp_path, monkeypatch):
     io.upload_dir(src, uri)
     fresh = io.local_dir(uri)
     assert fresh != local and not Path(local).exists() and _same_tree(src, fresh)
+    # A flat folder (no subdirectories), like a generator's.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "config.json").write_text("{}")
+    io.upload_dir(flat, io.join(s3, "sft", "model"))
+    assert _same_tree(flat, io.local_dir(io.join(s3, "sft", "model")))
     # A local path is returned itself.
     assert io.local_dir(str(src)) == str(src)
     with pytest.raises(io.DataError, match="no such directory"):
@@ -143,36 +149,58 @@ def test_train_storage_hands_ray_train_the_same_filesystem(s3, tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_pipeline_first_stages_on_s3(s3, ray_local, tiny_embedder):
-    """simulate -> label-revisits -> train-scorer (fine-tuned encoder) -> distill-interests
-    -> train-ranker with every output in S3 and Ray Train checkpointing there."""
+def test_quick_pipeline_through_dpo_on_s3(s3, ray_local, tiny_embedder, tiny_generator):
+    """simulate -> ... -> dpo (the stages before iterate) with every output in S3: the
+    scorer with a fine-tuned encoder, the rankers, SFT/DPO generators exported there and
+    loaded back by the generation actors and Train workers, Ray Train checkpointing there;
+    then the server reads the run from the bucket."""
     from icebreaker_ray.config import load_config
-    from icebreaker_ray.pipeline import run_stage
+    from icebreaker_ray.models import resolve_generator
+    from icebreaker_ray.pipeline import default_out, run_stage
     from icebreaker_ray.reward.ranker import UtilityRanker
     from icebreaker_ray.rid import scorer
 
     cfg = load_config("configs/quick.yaml", [
         f"run.storage_path={s3}", "sim.num_users=24", "sim.num_days=10", "sim.impression_days=5",
         "scorer.finetune_text_encoder=true", f"scorer.text_encoder={tiny_embedder}", "scorer.epochs=2",
-        "ranker.epochs=2"])
-    from icebreaker_ray.pipeline import default_out
-
+        "ranker.epochs=2",
+        # as in test_pipeline_e2e: a tiny random generator, short runs, teacher-filled pools
+        f"models.generator={tiny_generator}", "sft.max_steps=2", "sft.save_steps=1",
+        "dpo.max_steps=2", "dpo.save_steps=1", "search.max_users=6",
+        "generation.max_new_tokens=48", "search.teacher_mix_ratio=1.0"])
     out = default_out(cfg)
     assert out.startswith("s3://")
-    stages = ["simulate", "label-revisits", "train-scorer", "distill-interests", "train-ranker"]
+    stages = ["simulate", "label-revisits", "train-scorer", "distill-interests", "distill-corpus",
+              "sft", "train-ranker", "mine", "dpo"]
     for name in stages:
         run_stage(name, cfg, out)
         assert io.is_complete(out, name), name
+    print({name: round(io.read_manifest(out, name)["duration_s"], 1) for name in stages})
     fs, root = io.resolve(out)
     assert isinstance(fs, pafs.S3FileSystem)
     # Ray Train wrote its checkpoints to the bucket, through the same endpoint.
-    ckpt = io.read_manifest(out, "train-scorer")["metrics"]["checkpoint"]
-    assert ckpt.startswith(root) and io.exists(f"s3://{ckpt}")
+    for stage in ("train-scorer", "sft"):
+        ckpt = io.read_manifest(out, stage)["metrics"]["checkpoint"]
+        assert ckpt.startswith(root) and io.exists(f"s3://{ckpt}"), stage
     scorer_uri = io.join(out, "train-scorer", "scorer")
     assert scorer.scorer_config(scorer_uri)["text_encoder"] == "finetuned"
     assert Path(scorer.text_encoder_path(scorer_uri), "modules.json").is_file()
     interests = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests")
     assert interests.num_rows > 0
     assert UtilityRanker.load(io.join(out, "train-ranker", "util")).hidden == cfg.ranker.hidden
+    assert Path(resolve_generator(io.join(out, "dpo", "model")), "config.json").is_file()
     # A rerun finds every stage complete in the bucket.
     assert all(run_stage(name, cfg, out).get("skipped") for name in stages)
+
+    # The server reads the same run from the bucket.
+    from icebreaker_ray.serve.artifacts import event_store_path, locate
+    from icebreaker_ray.serve.components import InterestDistillerCore
+
+    art = locate(cfg, run_dir=out)
+    assert art.generator == io.join(out, "dpo", "model") and art.model_version.startswith("dpo:")
+    assert art.scorer_dir == scorer_uri and art.ranker_dir == io.join(out, "train-ranker", "util")
+    assert art.thresholds_json == io.join(out, "distill-interests", "thresholds.json")
+    core = InterestDistillerCore(cfg, art)
+    assert core.scorer is not None and core.thresholds and core.histories
+    store = event_store_path(cfg, out)
+    assert store.startswith(os.environ["ICEBREAKER_CACHE"]) and "icebreaker-test" in store

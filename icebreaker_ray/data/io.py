@@ -229,9 +229,9 @@ def local_dir(uri: str | os.PathLike[str], cache: str | None = None) -> str:
             if not target.is_dir():
                 tmp = root / f".{key}-{version}.tmp-{uuid.uuid4().hex[:8]}"
                 try:
+                    tmp.mkdir(parents=True)  # copy_files makes only the subdirectories
                     pafs.copy_files(path, str(tmp), source_filesystem=fs,
                                     destination_filesystem=pafs.LocalFileSystem())
-                    os.makedirs(tmp, exist_ok=True)
                     tmp.rename(target)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
