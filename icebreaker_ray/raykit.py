@@ -137,20 +137,20 @@ def fit_on_ray(loop, loop_config: dict, *, num_workers: int, run_name: str, stor
 
     Rerunning with the same ``run_name`` and ``storage_path`` resumes: the loop reads
     ``ray.train.get_checkpoint()`` (see :func:`restore_checkpoint`). ``storage_path`` may be
-    a local dir or a URI.
+    a local dir or a URI (:func:`icebreaker_ray.data.io.train_storage`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if "://" not in storage_path:
-        storage_path = os.path.abspath(storage_path)
+    from icebreaker_ray.data.io import train_storage
+
     resources = {"CPU": cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=run_name, storage_path=storage_path,
+        run_config=RunConfig(name=run_name, **train_storage(storage_path),
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
                              worker_runtime_env={"env_vars": worker_env} if worker_env else None),

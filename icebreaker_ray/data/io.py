@@ -1,8 +1,8 @@
-"""Validated, atomic Parquet I/O and stage manifests.
+"""The one storage layer: validated, atomic Parquet I/O, files, model folders, manifests.
 
 Every path may be a local path or a pyarrow filesystem URI (``s3://bucket/run``,
 ``gs://...``, ``file:///...``), so the same stage code runs on a laptop and on a
-cluster with shared storage.
+cluster with shared storage. Nothing outside this module opens a stage output by path.
 
     out = StageWriter("runs/demo", "simulate")
     out.write_table("sessions", table)          # validated against the schema, temp + rename
@@ -15,15 +15,33 @@ cluster with shared storage.
 A stage counts as finished only when its manifest exists and every file it lists is
 present with the recorded size; the manifest is written last, so a stage killed midway
 is rerun, not trusted.
+
+Model folders (libraries that need a directory: ``torch.load`` of several files,
+``from_pretrained``, ``SentenceTransformer``):
+
+    with output_dir("s3://bucket/run/train-scorer/scorer") as d:   # a local directory;
+        model.save(d)                                             # uploaded on success
+    d = local_dir("s3://bucket/run/train-scorer/scorer")  # the path itself when local, else a
+                                                          # download cached by uri + listing
+    train_storage("s3://bucket/run/_ray_train")           # RunConfig kwargs for Ray Train
+
+S3 credentials and endpoint come from the standard AWS environment, read by pyarrow
+(and Ray Train, which gets the same filesystem): ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` (or a profile / instance role), ``AWS_DEFAULT_REGION``, and
+``AWS_ENDPOINT_URL=http://host:port`` for an S3-compatible server (MinIO, Ceph, ...).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,16 +62,43 @@ class DataError(ValueError):
 # ----------------------------------------------------------------------------- paths
 
 
+# The AWS variables that change which S3 filesystem a URI resolves to (see module doc).
+_S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+           "AWS_PROFILE", "AWS_ACCESS_KEY_ID")
+_BUCKET_FS: dict[tuple[str, ...], pafs.FileSystem] = {}
+
+
+def is_local(uri: str | os.PathLike[str]) -> bool:
+    """True for a plain path or a ``file://`` URI."""
+    uri = os.fspath(uri)
+    return "://" not in uri or uri.startswith("file://")
+
+
+def absolute(uri: str | os.PathLike[str]) -> str:
+    """``uri`` as every process can use it: a local path made absolute (Ray workers run in
+    another working directory), a URI unchanged."""
+    uri = os.fspath(uri)
+    return os.path.abspath(uri) if "://" not in uri else uri
+
+
 def resolve(uri: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI."""
     uri = os.fspath(uri)
-    if "://" in uri:
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    scheme, rest = uri.split("://", 1)
+    if scheme not in ("s3", "gs", "gcs") or "?" in rest:
         return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
+    # One filesystem per bucket: from_uri looks the bucket's region up on every call.
+    bucket = rest.split("/", 1)[0]
+    key = (scheme, bucket, *(os.environ.get(k, "") for k in _S3_ENV))
+    if key not in _BUCKET_FS:
+        _BUCKET_FS[key] = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")[0]
+    return _BUCKET_FS[key], rest.rstrip("/")
 
 
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+def join(base: str | os.PathLike[str], *parts: str) -> str:
+    return "/".join([os.fspath(base).rstrip("/"), *(p.strip("/") for p in parts)])
 
 
 def exists(uri: str) -> bool:
@@ -75,6 +120,14 @@ def listing(uri: str) -> list[tuple[str, int, int]]:
                   for f in files)
 
 
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise DataError(f"{uri}: no such file")
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
 def write_bytes(uri: str, payload: bytes) -> None:
     """Write a file atomically (temp file + rename)."""
     fs, path = resolve(uri)
@@ -90,9 +143,127 @@ def write_json(uri: str, obj: Any) -> None:
 
 
 def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri).decode())
+
+
+def delete(uri: str) -> None:
+    """Remove a file or a directory tree if it exists."""
     fs, path = resolve(uri)
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read().decode())
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+# ----------------------------------------------------------------------------- model folders
+
+
+def upload_dir(local: str | os.PathLike[str], uri: str | os.PathLike[str]) -> str:
+    """Copy the local directory ``local`` to ``uri``, replacing what was there.
+
+    A local target is replaced by a rename; a remote one is deleted, then uploaded (its
+    stage's manifest, written last, is what says the folder is whole).
+    """
+    local, uri = os.fspath(local), os.fspath(uri)
+    if is_local(uri):
+        target = resolve(uri)[1]
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(local, tmp)
+        _replace_local(tmp, target)
+        return uri
+    fs, path = resolve(uri)
+    delete(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    return uri
+
+
+def _replace_local(tmp: str, target: str) -> None:
+    if os.path.isdir(target):
+        shutil.rmtree(target)
+    elif os.path.exists(target):
+        os.remove(target)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.rename(tmp, target)
+
+
+@contextlib.contextmanager
+def output_dir(uri: str | os.PathLike[str]) -> Iterator[str]:
+    """A local directory to write a model folder into; on success it becomes ``uri``.
+
+    Local targets are written beside the target and renamed into place (a failed save
+    leaves the old folder); remote ones are saved to a temporary directory and uploaded.
+    """
+    if is_local(uri):
+        target = resolve(uri)[1]
+        tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        os.makedirs(tmp)
+        try:
+            yield tmp
+            _replace_local(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="icebreaker-out-") as tmp:
+        yield tmp
+        upload_dir(tmp, uri)
+
+
+def _listing(fs: pafs.FileSystem, path: str) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime ns) of every file below ``path``."""
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
+    return sorted((f.path[len(path):].lstrip("/"), f.size, f.mtime_ns or 0)
+                  for f in infos if f.type == pafs.FileType.File)
+
+
+def local_dir(uri: str | os.PathLike[str], cache: str | None = None) -> str:
+    """A local directory with the contents of the directory at ``uri``.
+
+    A local path is returned itself (absolute). A remote folder is downloaded once into
+    ``<cache dir>/storage/`` (``models.cache_dir``: ICEBREAKER_CACHE, else ``cache``, else
+    ~/.cache/icebreaker-ray), keyed by the URI and a fingerprint of its listing (paths,
+    sizes, modification times): later calls, from any process on the node, reuse the copy
+    until the folder is rewritten; the copy of an older version is then removed.
+    """
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        if not os.path.isdir(path):
+            raise DataError(f"{uri}: no such directory")
+        return path
+    files, uri = _listing(fs, path), os.fspath(uri)
+    if not files:
+        raise DataError(f"{uri}: no such directory (or it is empty)")
+    from icebreaker_ray.models import _file_lock, cache_dir
+
+    key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:16]
+    version = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+    root = cache_dir(cache) / "storage"
+    target = root / f"{key}-{version}"
+    if not target.is_dir():
+        with _file_lock(root / f".{key}.lock"):
+            if not target.is_dir():
+                tmp = root / f".{key}-{version}.tmp-{uuid.uuid4().hex[:8]}"
+                try:
+                    tmp.mkdir(parents=True)  # copy_files makes only the subdirectories
+                    pafs.copy_files(path, str(tmp), source_filesystem=fs,
+                                    destination_filesystem=pafs.LocalFileSystem())
+                    tmp.rename(target)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                for old in root.glob(f"{key}-*"):
+                    if old != target:
+                        shutil.rmtree(old, ignore_errors=True)
+    return str(target)
+
+
+def train_storage(uri: str) -> dict[str, Any]:
+    """``RunConfig`` keyword arguments that put Ray Train's checkpoints at ``uri``: the same
+    filesystem this module resolves (endpoint and credentials included) for a remote URI."""
+    if is_local(uri):
+        return {"storage_path": resolve(uri)[1]}
+    fs, path = resolve(uri)
+    return {"storage_path": path, "storage_filesystem": fs}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -218,10 +389,7 @@ class StageWriter:
 
     def __post_init__(self) -> None:
         # A rerun invalidates the previous completion marker before touching any file.
-        manifest = join(self.dir, MANIFEST)
-        if exists(manifest):
-            fs, path = resolve(manifest)
-            fs.delete_file(path)
+        delete(join(self.dir, MANIFEST))
 
     @property
     def dir(self) -> str:
@@ -299,8 +467,7 @@ def begin_attempt(root: str, stage: str, fingerprint: str, *, fresh: bool = Fals
             break
     cleared = False
     if exists(directory) and (fresh or (previous is not None and previous != fingerprint)):
-        fs, path = resolve(directory)
-        fs.delete_dir(path)
+        delete(directory)
         cleared = True
     write_json(join(directory, ATTEMPT), {"fingerprint": fingerprint, "started": time.time()})
     return cleared

@@ -27,7 +27,6 @@ Writes ``OUT/evaluate/``: ``metrics.json``, ``report.md``, PNG figures, ``lists.
 
 from __future__ import annotations
 
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -43,7 +42,7 @@ from icebreaker_ray.eval import metrics as M
 from icebreaker_ray.eval.topics import TopicClassifier
 from icebreaker_ray.isg.batch import complete_share, generate_many
 from icebreaker_ray.isg.generate import GenerationParams
-from icebreaker_ray.isg.stage import dpo_round, local_model
+from icebreaker_ray.isg.stage import dpo_round
 from icebreaker_ray.layout import promoted_generator, round_models, trigger_interests
 from icebreaker_ray.models import TextEncoder, resolve_generator
 from icebreaker_ray.raykit import init_ray, node_id
@@ -272,8 +271,8 @@ class Evaluation:
     """Generates and grades lists for one run. Lists are cached by (model, prompt input):
     an ablation row that is also a Table 1 method reuses its lists on the same users."""
 
-    def __init__(self, cfg: Config, out: str, tmp: str) -> None:
-        self.cfg, self.out, self.tmp = cfg, out, tmp
+    def __init__(self, cfg: Config, out: str) -> None:
+        self.cfg, self.out = cfg, out
         self.encoder = TextEncoder(cfg.models.embedder)
         self.sessions = logged_sessions(out)
         self.users_table = io.read_table(io.table_uri(out, "simulate", "users"), "users")
@@ -285,7 +284,6 @@ class Evaluation:
         self.params = GenerationParams(**{**vars(GenerationParams.from_config(cfg)),
                                           "num_candidates": cfg.eval.num_candidates})
         self.base_model = resolve_generator(cfg.models.generator, cfg.models.cache_dir)
-        self._models: dict[str, str] = {}
         self._lists: dict[tuple[str, str], pa.Table] = {}
 
     def recent(self, uid: str) -> list[str]:
@@ -309,11 +307,11 @@ class Evaluation:
             return self.rule_interests(uid)
         return list(self.interests[uid])
 
-    def model(self, uri: str) -> str:
-        """A local directory for the model at ``uri`` (copied once when it is remote)."""
-        if uri not in self._models:
-            self._models[uri] = local_model(uri, tempfile.mkdtemp(dir=self.tmp))
-        return self._models[uri]
+    @staticmethod
+    def model(uri: str) -> str:
+        """The model at ``uri`` as every actor and Train worker can load it (a storage URI is
+        copied once per node by ``models.resolve_generator``)."""
+        return io.absolute(uri)
 
     def _missing(self, uri: str, source: str, users: Sequence[str]) -> bool:
         cached = self._lists.get((uri, source))
@@ -375,71 +373,70 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
     e = cfg.eval
     results: dict[str, Any] = {"config": {"holdout_fraction": e.holdout_fraction, "ab_days": e.ab_days,
                                           "num_candidates": e.num_candidates, "K": cfg.generation.K}}
-    with tempfile.TemporaryDirectory() as tmp:
-        ev = Evaluation(cfg, out, tmp)
-        users = eval_users(ev.interests, cfg, e.max_users)
-        if not users:
-            raise io.DataError("evaluate: no held-out users with trigger interests "
-                               "(raise eval.holdout_fraction or simulate more users)")
-        base = ev.baseline(users)
-        base_f, base_o = ev.grader.f_scores(base), ev.grader.oracle_scores(base)
+    ev = Evaluation(cfg, out)
+    users = eval_users(ev.interests, cfg, e.max_users)
+    if not users:
+        raise io.DataError("evaluate: no held-out users with trigger interests "
+                           "(raise eval.holdout_fraction or simulate more users)")
+    base = ev.baseline(users)
+    base_f, base_o = ev.grader.f_scores(base), ev.grader.oracle_scores(base)
 
-        # Ablations (Tables 6, 7, 9) run on a seeded subset of the same users.
-        ab_users = users
-        if e.ablation_users and len(users) > e.ablation_users:
-            rng = np.random.default_rng([cfg.run.seed, 1])
-            ab_users = sorted(rng.choice(users, e.ablation_users, replace=False).tolist())
-        final = promoted_generator(out)
-        table6 = (("None (recent summaries)", "recent"), ("Rule-based", "rule"), ("RID", "interests"))
-        # Every list Tables 1, 6 and 7 need, sampled in one pass, model by model.
-        specs = _method_specs(ev, out)
-        ev.prefetch([(uri, source, users) for _, uri, source in specs if uri is not None]
-                    + [(final, source, ab_users) for _, source in table6]
-                    + [(uri, "interests", ab_users) for _, uri in round_models(out)])
+    # Ablations (Tables 6, 7, 9) run on a seeded subset of the same users.
+    ab_users = users
+    if e.ablation_users and len(users) > e.ablation_users:
+        rng = np.random.default_rng([cfg.run.seed, 1])
+        ab_users = sorted(rng.choice(users, e.ablation_users, replace=False).tolist())
+    final = promoted_generator(out)
+    table6 = (("None (recent summaries)", "recent"), ("Rule-based", "rule"), ("RID", "interests"))
+    # Every list Tables 1, 6 and 7 need, sampled in one pass, model by model.
+    specs = _method_specs(ev, out)
+    ev.prefetch([(uri, source, users) for _, uri, source in specs if uri is not None]
+                + [(final, source, ab_users) for _, source in table6]
+                + [(uri, "interests", ab_users) for _, uri in round_models(out)])
 
-        # Table 1: every method on the held-out users.
-        tables: dict[str, pa.Table] = {}
-        for name, uri, source in specs:
-            if uri is None:
-                results.setdefault("skipped", {})[name] = "no model (e.g. no logged-feedback pairs)"
-                continue
-            tables[name] = ev.generate(uri, source, users)
-        corpus = [s for t in tables.values() for x in t.column("starters").to_pylist() for s in x] + \
-                 [s for v in base.values() for s in v]
-        table1 = {"R_u (retrieval)": ev.grader.grade(base, base, base_f, base_o, corpus)}
-        for name, table in tables.items():
-            table1[name] = ev.grade(table, base, base_f, base_o, corpus)
-        results["table1"] = table1
+    # Table 1: every method on the held-out users.
+    tables: dict[str, pa.Table] = {}
+    for name, uri, source in specs:
+        if uri is None:
+            results.setdefault("skipped", {})[name] = "no model (e.g. no logged-feedback pairs)"
+            continue
+        tables[name] = ev.generate(uri, source, users)
+    corpus = [s for t in tables.values() for x in t.column("starters").to_pylist() for s in x] + \
+             [s for v in base.values() for s in v]
+    table1 = {"R_u (retrieval)": ev.grader.grade(base, base, base_f, base_o, corpus)}
+    for name, table in tables.items():
+        table1[name] = ev.grade(table, base, base_f, base_o, corpus)
+    results["table1"] = table1
 
-        # Ablations (Tables 6, 7, 9) on ab_users.
-        grade = lambda uri, source: ev.grade(ev.generate(uri, source, ab_users),  # noqa: E731
-                                             base, base_f, base_o, corpus)
-        results["table6"] = {label: grade(final, source) for label, source in table6}
-        results["table7"] = {label: grade(uri, "interests") for label, uri in round_models(out)}
-        if e.negative_ablation:
-            results["table9"] = _negative_ablation(out, grade)
+    # Ablations (Tables 6, 7, 9) on ab_users.
+    grade = lambda uri, source: ev.grade(ev.generate(uri, source, ab_users),  # noqa: E731
+                                         base, base_f, base_o, corpus)
+    results["table6"] = {label: grade(final, source) for label, source in table6}
+    results["table7"] = {label: grade(uri, "interests") for label, uri in round_models(out)}
+    if e.negative_ablation:
+        results["table9"] = _negative_ablation(out, grade)
 
-        # Table 2: the simulated A/B test, every method against the deployed baseline.
-        arms: dict[str, dict[str, list[list[str]]] | None] = {"baseline": None}
-        for name, t in tables.items():
-            arms[name] = {u: [s, *alts] for u, s, alts in zip(
-                t.column("user_id").to_pylist(), t.column("starters").to_pylist(),
-                t.column("alternatives").to_pylist(), strict=True)}
-        results["table2"] = {}
-        if ev.state is not None:
-            logs = ab_test(ev.state, cfg, arms, users, e.ab_days)
-            horizon = (ev.state.day, ev.state.day + e.ab_days)
-            results["table2"] = ab_lifts(logs, "baseline", horizon, e.n_boot, cfg.run.seed)
+    # Table 2: the simulated A/B test, every method against the deployed baseline.
+    arms: dict[str, dict[str, list[list[str]]] | None] = {"baseline": None}
+    for name, t in tables.items():
+        arms[name] = {u: [s, *alts] for u, s, alts in zip(
+            t.column("user_id").to_pylist(), t.column("starters").to_pylist(),
+            t.column("alternatives").to_pylist(), strict=True)}
+    results["table2"] = {}
+    if ev.state is not None:
+        logs = ab_test(ev.state, cfg, arms, users, e.ab_days)
+        horizon = (ev.state.day, ev.state.day + e.ab_days)
+        results["table2"] = ab_lifts(logs, "baseline", horizon, e.n_boot, cfg.run.seed)
 
-        # What the report shows beside the tables.
-        results["topics"] = _topic_shares(ev, users, tables["ICEBREAKER"])
-        results["examples"] = _examples(ev, users, base, as_dict(tables["ICEBREAKER"]), e.examples)
-        results["rounds"] = (io.read_manifest(out, "iterate") or {}).get("metrics", {}).get("rounds", [])
-        if ev.state is not None:
-            results["pairs_vs_oracle"] = pairs_vs_oracle(cfg, out, results["rounds"])
-        results["stages"] = _stage_times(out)
-        results["topic_classifier_train_accuracy"] = ev.grader.topics.train_accuracy
-        writer.write_json("lists.json", {k: as_dict(t) for k, t in tables.items()})
+    # What the report shows beside the tables.
+    results["topics"] = _topic_shares(ev, users, tables["ICEBREAKER"])
+    results["examples"] = _examples(ev, users, base, as_dict(tables["ICEBREAKER"]), e.examples)
+    results["rounds"] = (io.read_manifest(out, "iterate") or {}).get("metrics", {}).get("rounds", [])
+    if ev.state is not None:
+        results["pairs_vs_oracle"] = pairs_vs_oracle(cfg, out, results["rounds"])
+    results["stages"] = _stage_times(out)
+    results["topic_classifier_train_accuracy"] = ev.grader.topics.train_accuracy
+    writer.write_json("lists.json", {k: as_dict(t) for k, t in tables.items()})
     writer.write_json("metrics.json", results)
     write_report(writer, results, cfg)
     summary = {name: {k: row[k] for k in ("r_user_f", "r_score_f", "r_user_oracle", "r_score_oracle")}
@@ -467,15 +464,14 @@ def ablate_negatives(cfg: Config, out: str) -> dict[str, Any]:
     pairs = io.read_table(io.table_uri(out, "mine", "preference_pairs"), "preference_pairs",
                           allow_empty=True).to_pylist()
     metrics: dict[str, Any] = {"hierarchical": {"pairs": len(pairs)}}
-    with tempfile.TemporaryDirectory() as tmp:
-        sft = local_model(layout.sft_generator(out), tmp)
-        for kind in NEGATIVE_TYPES:
-            subset = [p for p in pairs if p["negative_type"] == kind]
-            if not subset:
-                metrics[kind] = {"skipped": f"no {kind} negatives were mined"}
-                continue
-            metrics[kind] = {**dpo_round(cfg, writer, subset, sft, kind, f"ablation-{kind}"),
-                             "model": kind}
+    sft = io.absolute(layout.sft_generator(out))  # every Train worker loads it from storage
+    for kind in NEGATIVE_TYPES:
+        subset = [p for p in pairs if p["negative_type"] == kind]
+        if not subset:
+            metrics[kind] = {"skipped": f"no {kind} negatives were mined"}
+            continue
+        metrics[kind] = {**dpo_round(cfg, writer, subset, sft, kind, f"ablation-{kind}"),
+                         "model": kind}
     return writer.commit(metrics=metrics, node_ids=[node_id()])
 
 

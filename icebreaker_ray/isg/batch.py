@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from icebreaker_ray.data import io
 from icebreaker_ray.raykit import map_blocks, split_blocks
 
 if TYPE_CHECKING:
@@ -121,16 +122,14 @@ def generate_many(jobs: Sequence[tuple[str, pa.Table]], cfg: Config,
     batches, so the pool stays busy across jobs instead of idling on each job's last batch.
     Returns one table per job, in order, each sorted by ``user_id``.
     """
-    import os
-
     from icebreaker_ray.isg.generate import GenerationParams
 
     params = params or GenerationParams.from_config(cfg)
     actors = actors or cfg.search.num_actors
     blocks: list[pa.Table] = []
     for job, (model_dir, requests) in enumerate(jobs):
-        if "://" not in model_dir:
-            model_dir = os.path.abspath(model_dir)  # Ray workers run in another directory
+        # Ray workers run in another directory; a URI is copied once per node on load.
+        model_dir = io.absolute(model_dir)
         table = requests.select(["user_id", "interests"])
         table = table.append_column("model", pa.array([model_dir] * table.num_rows, pa.string()))
         table = table.append_column("job", pa.array([job] * table.num_rows, pa.int32()))

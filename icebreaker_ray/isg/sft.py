@@ -223,16 +223,17 @@ def hf_train_loop(config: dict[str, Any]) -> None:
     from ray.train.huggingface.transformers import prepare_trainer
     from transformers import AutoModelForCausalLM, TrainerCallback
 
-    from icebreaker_ray.models import load_tokenizer
+    from icebreaker_ray.models import load_tokenizer, resolve_generator
 
     train = config["train"]
     torch.manual_seed(config["seed"])
     if not train["use_gpu"]:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    tok = load_tokenizer(config["model_path"])
+    model_path = resolve_generator(config["model_path"])  # a storage URI: this node's copy
+    tok = load_tokenizer(model_path)
     tok.padding_side = "right"  # training pads on the right; generation on the left
     model = AutoModelForCausalLM.from_pretrained(
-        config["model_path"], dtype=torch.bfloat16 if train["bf16"] else torch.float32)
+        model_path, dtype=torch.bfloat16 if train["bf16"] else torch.float32)
 
     with tempfile.TemporaryDirectory(prefix="sft-") as tmp:
         resume = _resume_dir(tmp)
@@ -335,9 +336,10 @@ def _merge_lora(src: Path, out: Path, base_model: str | None) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from icebreaker_ray.models import load_tokenizer
+    from icebreaker_ray.models import load_tokenizer, resolve_generator
 
-    base_path = base_model or json.loads((src / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base_path = resolve_generator(
+        base_model or json.loads((src / "adapter_config.json").read_text())["base_model_name_or_path"])
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, str(src)).merge_and_unload()
     merged.save_pretrained(out)

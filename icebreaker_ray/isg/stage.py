@@ -17,14 +17,13 @@ from its latest checkpoint.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
+from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.layout import MODEL_DIR, VANILLA_DIR, trigger_interests
@@ -116,10 +115,6 @@ def distill_corpus(cfg: Config, out: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- sft
 
 
-def _local_path(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
 def export_to_stage(writer: io.StageWriter, result: Any, base: str, relative: str) -> None:
     """Write the final checkpoint as a plain HF model directory into the stage output (exported
     locally, then uploaded when the output is a storage URI) and record it."""
@@ -127,16 +122,8 @@ def export_to_stage(writer: io.StageWriter, result: Any, base: str, relative: st
 
     if result.checkpoint is None:
         raise RuntimeError(f"{writer.stage} finished without a checkpoint")
-    target = writer.path(relative)
-    if "://" in target:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = export_model(result.checkpoint, os.path.join(tmp, relative), base)
-            fs, path = io.resolve(target)
-            import pyarrow.fs as pafs
-
-            pafs.copy_files(local, path, destination_filesystem=fs)
-    else:
-        export_model(result.checkpoint, target, base)
+    with io.output_dir(writer.path(relative)) as local:
+        export_model(result.checkpoint, local, base)
     writer.add_file(relative)
 
 
@@ -151,7 +138,7 @@ def sft(cfg: Config, out: str) -> dict[str, Any]:
     base = resolve_generator(cfg.models.generator, cfg.models.cache_dir)
     init_ray(cfg)
     writer = io.StageWriter(out, "sft")
-    storage = _local_path(writer.path("ray-train"))
+    storage = writer.path("ray-train")
     result = train_sft(examples, base, cfg.sft, storage, f"{cfg.run.name}-sft", seed=cfg.run.seed)
     export_to_stage(writer, result, base, MODEL_DIR)
     history = training_log(result)
@@ -180,18 +167,6 @@ def sft(cfg: Config, out: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- dpo
 
 
-def local_model(uri: str, tmp: str) -> str:
-    """A local copy of a model directory that may live on shared storage."""
-    if "://" not in uri:
-        return os.path.abspath(uri)  # Ray workers run in another working directory
-    import pyarrow.fs as pafs
-
-    fs, path = io.resolve(uri)
-    local = os.path.join(tmp, "start-model")
-    pafs.copy_files(path, local, source_filesystem=fs)
-    return local
-
-
 def dpo_round(cfg: Config, writer: io.StageWriter, rows: list[dict[str, Any]], start: str,
               relative: str, run: str) -> dict[str, Any]:
     """DPO (eq. 6) from the model in ``start`` (also the reference) on ``rows`` of
@@ -202,7 +177,7 @@ def dpo_round(cfg: Config, writer: io.StageWriter, rows: list[dict[str, Any]], s
     rows = list(rows)
     random.Random(cfg.run.seed).shuffle(rows)
     result = train_dpo(dpo_examples(rows), start, cfg.dpo,
-                       _local_path(writer.path(f"ray-train-{run}")),
+                       writer.path(f"ray-train-{run}"),
                        f"{cfg.run.name}-{run}", seed=cfg.run.seed)
     export_to_stage(writer, result, start, relative)
     loss = losses(training_log(result))
@@ -216,16 +191,16 @@ def dpo(cfg: Config, out: str) -> dict[str, Any]:
     init_ray(cfg)
     writer = io.StageWriter(out, "dpo")
     metrics: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        start = local_model(io.join(out, "sft", MODEL_DIR), tmp)
-        for relative, table, run in ((MODEL_DIR, "preference_pairs.parquet", "dpo"),
-                                     (VANILLA_DIR, "feedback_pairs.parquet", "dpo-vanilla")):
-            rows = io.read_table(io.join(out, "mine", table), "preference_pairs",
-                                 allow_empty=True).to_pylist()
-            if not rows and relative == VANILLA_DIR:
-                # Too few users with both a clicked and an ignored list: no baseline to train.
-                metrics[run] = {"pairs": 0, "skipped": "no logged-feedback pairs"}
-                continue
-            metrics[run] = dpo_round(cfg, writer, rows, start, relative, run)
+    # Every Train worker loads the start model from storage (io.local_dir, once per node).
+    start = io.absolute(layout.sft_generator(out))
+    for relative, table, run in ((MODEL_DIR, "preference_pairs.parquet", "dpo"),
+                                 (VANILLA_DIR, "feedback_pairs.parquet", "dpo-vanilla")):
+        rows = io.read_table(io.join(out, "mine", table), "preference_pairs",
+                             allow_empty=True).to_pylist()
+        if not rows and relative == VANILLA_DIR:
+            # Too few users with both a clicked and an ignored list: no baseline to train.
+            metrics[run] = {"pairs": 0, "skipped": "no logged-feedback pairs"}
+            continue
+        metrics[run] = dpo_round(cfg, writer, rows, start, relative, run)
     return writer.commit(metrics=metrics,
                          node_ids=[node_id()])

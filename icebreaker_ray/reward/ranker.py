@@ -27,15 +27,18 @@ the offline metrics, so we never grade with the model we optimized against.
 from __future__ import annotations
 
 import hashlib
+import io as _io
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
+
+from icebreaker_ray.data import io
 
 DEPTH_CAP = 10
 MAX_POSITIONS = 32
@@ -79,18 +82,18 @@ class UtilityRanker(nn.Module):
         click, _ = self(torch.as_tensor(x, dtype=torch.float32))
         return torch.sigmoid(click).numpy()
 
-    def save(self, directory: str | Path) -> None:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        torch.save(self.state_dict(), d / "ranker.pt")
-        (d / "ranker.json").write_text(json.dumps(
-            {"dim": self.dim, "hidden": self.hidden, "depth_weight": self.depth_weight}))
+    def save(self, directory: str) -> None:
+        """``ranker.pt`` + ``ranker.json`` in ``directory`` (a path or a storage URI)."""
+        with io.output_dir(directory) as d:
+            torch.save(self.state_dict(), os.path.join(d, "ranker.pt"))
+            with open(os.path.join(d, "ranker.json"), "w") as f:
+                json.dump({"dim": self.dim, "hidden": self.hidden, "depth_weight": self.depth_weight}, f)
 
     @classmethod
-    def load(cls, directory: str | Path) -> UtilityRanker:
-        d = Path(directory)
-        model = cls(**json.loads((d / "ranker.json").read_text()))
-        model.load_state_dict(torch.load(d / "ranker.pt", weights_only=True))
+    def load(cls, directory: str) -> UtilityRanker:
+        model = cls(**io.read_json(io.join(directory, "ranker.json")))
+        state = io.read_bytes(io.join(directory, "ranker.pt"))
+        model.load_state_dict(torch.load(_io.BytesIO(state), weights_only=True))
         model.eval()
         return model
 

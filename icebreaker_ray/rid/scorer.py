@@ -28,15 +28,18 @@ both negative kinds come from one score matrix.
 
 from __future__ import annotations
 
+import io as _io
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from icebreaker_ray.data import io
 
 # ----------------------------------------------------------------------------- data
 
@@ -388,34 +391,44 @@ def score_sessions(model: ResonanceScorer, data: UserExamples) -> list[np.ndarra
 ENCODER_DIR = "encoder"
 
 
-def save_scorer(model: nn.Module, directory: str | Path, extra: dict[str, Any] | None = None) -> None:
-    """``scorer.pt`` + ``scorer.json``; a FinetunedScorer also writes its encoder to
-    ``encoder/`` (a sentence-transformers directory) and records it in scorer.json."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    meta = {"text_encoder": "frozen"}
-    if isinstance(model, FinetunedScorer):
-        model.encoder.save(str(d / ENCODER_DIR))
-        model, meta = model.heads, {"text_encoder": "finetuned", "encoder": ENCODER_DIR}
-    torch.save(model.state_dict(), d / "scorer.pt")
-    (d / "scorer.json").write_text(json.dumps({**model.config, **meta, **(extra or {})}, indent=2))
+def save_scorer(model: nn.Module, directory: str, extra: dict[str, Any] | None = None) -> None:
+    """``scorer.pt`` + ``scorer.json`` in ``directory`` (a path or a storage URI); a
+    FinetunedScorer also writes its encoder to ``encoder/`` (a sentence-transformers
+    directory) and records it in scorer.json."""
+    with io.output_dir(directory) as d:
+        meta = {"text_encoder": "frozen"}
+        if isinstance(model, FinetunedScorer):
+            model.encoder.save(os.path.join(d, ENCODER_DIR))
+            model, meta = model.heads, {"text_encoder": "finetuned", "encoder": ENCODER_DIR}
+        torch.save(model.state_dict(), os.path.join(d, "scorer.pt"))
+        with open(os.path.join(d, "scorer.json"), "w") as f:
+            json.dump({**model.config, **meta, **(extra or {})}, f, indent=2)
 
 
-def text_encoder_path(directory: str | Path | None) -> str | None:
-    """The fine-tuned encoder a scorer's inputs must be embedded with, or None (frozen mode:
-    the run's ``models.embedder``)."""
+def scorer_config(directory: str) -> dict[str, Any]:
+    """The scorer's ``scorer.json`` (its towers, encoder mode and the stage's extras)."""
+    return io.read_json(io.join(directory, "scorer.json"))
+
+
+def text_encoder_path(directory: str | None) -> str | None:
+    """The local directory of the fine-tuned encoder a scorer's inputs must be embedded
+    with, or None (frozen mode: the run's ``models.embedder``)."""
     if not directory:
         return None
-    conf = json.loads((Path(directory) / "scorer.json").read_text())
-    return str(Path(directory) / conf["encoder"]) if conf.get("text_encoder") == "finetuned" else None
+    conf = scorer_config(directory)
+    if conf.get("text_encoder") != "finetuned":
+        return None
+    return os.path.join(io.local_dir(directory), conf["encoder"])
 
 
-def load_scorer(directory: str | Path) -> ResonanceScorer:
-    """The towers' heads (embed inputs with ``text_encoder_path(directory)`` when it is set)."""
-    d = Path(directory)
-    conf = json.loads((d / "scorer.json").read_text())
+def load_scorer(directory: str) -> ResonanceScorer:
+    """The towers' heads (embed inputs with ``text_encoder_path(directory)`` when it is set);
+    ``directory`` may be a storage URI."""
+    conf = scorer_config(directory)
     model = ResonanceScorer(conf["in_dim"], conf["dim"], conf["hidden"], conf["use_profile"])
-    model.load_state_dict(torch.load(d / "scorer.pt", weights_only=True, map_location="cpu"))
+    state = torch.load(_io.BytesIO(io.read_bytes(io.join(directory, "scorer.pt"))),
+                       weights_only=True, map_location="cpu")
+    model.load_state_dict(state)
     model.eval()
     return model
 

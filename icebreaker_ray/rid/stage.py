@@ -21,8 +21,6 @@ The pure algorithms live in judge.py, scorer.py and gating.py; this file is Ray 
 from __future__ import annotations
 
 import io as _io
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -133,16 +131,8 @@ def _save_npz(uri: str, **arrays) -> None:
 
 
 def _load_npz(uri: str) -> dict[str, np.ndarray]:
-    fs, path = io.resolve(uri)
-    with fs.open_input_stream(path) as f:
-        data = np.load(_io.BytesIO(f.read()), allow_pickle=False)
+    with np.load(_io.BytesIO(io.read_bytes(uri)), allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
-
-
-def _local_dir(uri: str) -> str:
-    if "://" in uri and not uri.startswith("file://"):
-        raise NotImplementedError(f"the scorer directory must be on a local/shared filesystem, got {uri}")
-    return io.resolve(uri)[1]
 
 
 # ----------------------------------------------------------------------------- label-revisits
@@ -276,7 +266,7 @@ def train_scorer(cfg: Config, out: str) -> dict[str, Any]:
         data, cfg.scorer, writer.path("ray-train"), run_name="train-scorer",
         seed=cfg.run.seed, encoder=encoder)
     loss_after = scorer.evaluate_loss(model, data, cfg.scorer)
-    scorer.save_scorer(model, _local_dir(writer.path(SCORER_DIR)),
+    scorer.save_scorer(model, writer.path(SCORER_DIR),
                        {"t_split_days": t_split, "embedder": cfg.models.embedder})
     writer.add_file(SCORER_DIR)
     metrics = {
@@ -298,9 +288,10 @@ def distill_interests(cfg: Config, out: str) -> dict[str, Any]:
     users, sessions = _read_inputs(out)
     pairs = io.read_table(io.table_uri(out, "label-revisits", "revisit_pairs"), "revisit_pairs",
                           allow_empty=True).to_pandas()
-    scorer_dir = _local_dir(io.join(out, "train-scorer", SCORER_DIR))
+    # A path or URI every actor can open (each loads the scorer from storage itself).
+    scorer_dir = io.absolute(io.join(out, "train-scorer", SCORER_DIR))
     model = scorer.load_scorer(scorer_dir)
-    t_split = float(json.loads(Path(scorer_dir, "scorer.json").read_text())["t_split_days"])
+    t_split = float(scorer.scorer_config(scorer_dir)["t_split_days"])
     summaries = [judge.clean_summary(s, cfg.judge.max_summary_chars) for s in sessions["summary"]]
     enc = embed_rows(cfg, summaries, scorer_dir=scorer_dir, batch_size=cfg.scorer.score_batch_size,
                      num_actors=cfg.scorer.num_actors)

@@ -24,7 +24,6 @@ the logs there are, and fresh feedback comes from the server's event store inste
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 import pyarrow as pa
@@ -33,7 +32,7 @@ from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.isg.batch import complete_share, generate_lists
-from icebreaker_ray.isg.stage import MODEL_DIR, dpo_round, local_model
+from icebreaker_ray.isg.stage import MODEL_DIR, dpo_round
 from icebreaker_ray.raykit import init_ray, node_id
 from icebreaker_ray.search.mine import pools_from_lists, search_pairs
 from icebreaker_ray.search.stage import mining_requests, pair_stats
@@ -84,46 +83,45 @@ def iterate(cfg: Config, out: str) -> dict[str, Any]:
 
         state = load_state(out, cfg)
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        generator = local_model(layout.dpo_generator(out), tmp)
-        for r in range(1, cfg.iterate.rounds + 1):
-            here = round_dir(r)
-            requests = mining_requests(out, cfg, r)
-            lists = generate_lists(requests, generator, cfg)
-            row: dict[str, Any] = {"round": r, "users": lists.num_rows,
-                                   "format_pass_rate": complete_share(lists)}
-            if state is not None:
-                shown = {u: [s, *alts] for u, s, alts in zip(
-                    lists.column("user_id").to_pylist(), lists.column("starters").to_pylist(),
-                    lists.column("alternatives").to_pylist(), strict=True)}
-                log = deploy(state, cfg, shown, cfg.iterate.days_per_round, f"iterate-{r}")
-                save_state(out, here, state)
-                fresh_sessions = io.validate_table(log.sessions, "sessions", f"round {r} logs")
-                fresh = io.validate_table(log.impressions, "impressions", f"round {r} logs")
-                writer.write_table("impressions", fresh, f"{here}/impressions.parquet")
-                writer.write_table("sessions", fresh_sessions, f"{here}/sessions.parquet")
-                sessions = pa.concat_tables([sessions, fresh_sessions])
-                impressions = pa.concat_tables([impressions, fresh])
-                others = sorted(set(fresh.column("user_id").to_pylist()) - set(shown))
-                row.update(days=cfg.iterate.days_per_round, day_end=state.day,
-                           deployed_ctr=_ctr(restrict(fresh, list(shown))),
-                           baseline_ctr=_ctr(restrict(fresh, others)))
-                ranker, row["ranker"] = _refit_ranker(cfg, writer, sessions, users, impressions, r)
-            pools = pools_from_lists(lists, requests, cfg)
-            pairs = search_pairs(pools, ranker, sessions, users, cfg, r, cfg.dpo.negatives)
-            writer.write_table("candidates", pa.table({
-                "user_id": pools.column("user_id"),
-                "round": pa.array([r] * pools.num_rows, pa.int32()),
-                "starters": pools.column("starters")}), f"{here}/candidates.parquet")
-            writer.write_table("preference_pairs", pairs, f"{here}/preference_pairs.parquet")
-            pairs_so_far.append(pairs)
-            accumulated = pa.concat_tables(pairs_so_far)
-            row["mining"] = pair_stats(pairs, pools)
-            row["dpo"] = dpo_round(cfg, writer, accumulated.to_pylist(), generator,
-                                   f"{here}/{MODEL_DIR}", f"iterate-{r}")
-            row["model"] = f"{here}/{MODEL_DIR}"
-            generator = local_model(writer.path(row["model"]), tmp)
-            rows.append(row)
+    generator = io.absolute(layout.dpo_generator(out))  # actors and workers load it
+    for r in range(1, cfg.iterate.rounds + 1):
+        here = round_dir(r)
+        requests = mining_requests(out, cfg, r)
+        lists = generate_lists(requests, generator, cfg)
+        row: dict[str, Any] = {"round": r, "users": lists.num_rows,
+                               "format_pass_rate": complete_share(lists)}
+        if state is not None:
+            shown = {u: [s, *alts] for u, s, alts in zip(
+                lists.column("user_id").to_pylist(), lists.column("starters").to_pylist(),
+                lists.column("alternatives").to_pylist(), strict=True)}
+            log = deploy(state, cfg, shown, cfg.iterate.days_per_round, f"iterate-{r}")
+            save_state(out, here, state)
+            fresh_sessions = io.validate_table(log.sessions, "sessions", f"round {r} logs")
+            fresh = io.validate_table(log.impressions, "impressions", f"round {r} logs")
+            writer.write_table("impressions", fresh, f"{here}/impressions.parquet")
+            writer.write_table("sessions", fresh_sessions, f"{here}/sessions.parquet")
+            sessions = pa.concat_tables([sessions, fresh_sessions])
+            impressions = pa.concat_tables([impressions, fresh])
+            others = sorted(set(fresh.column("user_id").to_pylist()) - set(shown))
+            row.update(days=cfg.iterate.days_per_round, day_end=state.day,
+                       deployed_ctr=_ctr(restrict(fresh, list(shown))),
+                       baseline_ctr=_ctr(restrict(fresh, others)))
+            ranker, row["ranker"] = _refit_ranker(cfg, writer, sessions, users, impressions, r)
+        pools = pools_from_lists(lists, requests, cfg)
+        pairs = search_pairs(pools, ranker, sessions, users, cfg, r, cfg.dpo.negatives)
+        writer.write_table("candidates", pa.table({
+            "user_id": pools.column("user_id"),
+            "round": pa.array([r] * pools.num_rows, pa.int32()),
+            "starters": pools.column("starters")}), f"{here}/candidates.parquet")
+        writer.write_table("preference_pairs", pairs, f"{here}/preference_pairs.parquet")
+        pairs_so_far.append(pairs)
+        accumulated = pa.concat_tables(pairs_so_far)
+        row["mining"] = pair_stats(pairs, pools)
+        row["dpo"] = dpo_round(cfg, writer, accumulated.to_pylist(), generator,
+                               f"{here}/{MODEL_DIR}", f"iterate-{r}")
+        row["model"] = f"{here}/{MODEL_DIR}"
+        generator = io.absolute(writer.path(row["model"]))
+        rows.append(row)
     writer.write_json("rounds.json", rows)
     return writer.commit(metrics={"rounds": rows, "final_model": rows[-1]["model"]},
                          node_ids=[node_id()])

@@ -27,11 +27,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +37,7 @@ import pyarrow.parquet as pq
 from transformers.generation.streamers import BaseStreamer
 
 from icebreaker_ray.config import Config
+from icebreaker_ray.data import io
 from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
 from icebreaker_ray.isg.generate import GenerationParams
 from icebreaker_ray.isg.parse import parse_starters
@@ -67,7 +66,10 @@ def filter_params(cfg: Config, k: int) -> FilterParams:
 
 
 def _read(path: str | None, columns: Sequence[str]) -> pa.Table | None:
-    return pq.read_table(path, columns=list(columns)) if path else None
+    if not path:
+        return None
+    fs, inner = io.resolve(path)
+    return pq.read_table(inner, columns=list(columns), filesystem=fs)
 
 
 # ----------------------------------------------------------------------------- interests
@@ -97,7 +99,7 @@ class InterestDistillerCore:
         self.scorer = scorer.load_scorer(art.scorer_dir) if art.scorer_dir else None
         self.thresholds: list[float] | None = None
         if art.thresholds_json:
-            self.thresholds = json.loads(Path(art.thresholds_json).read_text())["thresholds"]
+            self.thresholds = io.read_json(art.thresholds_json)["thresholds"]
         self.histories = self._histories(art.sessions_parquet)
         users = _read(art.users_parquet, ["user_id", "activity_bucket", "profile"])
         rows = users.to_pylist() if users is not None else []

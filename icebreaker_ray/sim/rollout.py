@@ -68,9 +68,7 @@ def load_state(out: str, cfg: Config, name: str | None = None) -> WorldState:
     if name is None:
         state = WorldState(load_truth_envs(out), cfg.sim.num_days)
     else:
-        fs, path = io.resolve(_state_uri(out, name))
-        with fs.open_input_stream(path) as f:
-            state = pickle.loads(f.read())
+        state = pickle.loads(io.read_bytes(_state_uri(out, name)))
     return state.attach(TextEncoder(cfg.models.embedder))
 
 

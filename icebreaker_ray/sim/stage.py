@@ -188,9 +188,7 @@ def write_truth(out: str, envs: list[SimEnv], users, truth: pa.Table, events: pa
 
 def load_truth_envs(out: str) -> list[SimEnv]:
     """The world state at the end of the logs (one SimEnv per shard), without encoders."""
-    fs, path = io.resolve(io.join(out, TRUTH_DIR, "world.pkl"))
-    with fs.open_input_stream(path) as f:
-        return pickle.loads(f.read())
+    return pickle.loads(io.read_bytes(io.join(out, TRUTH_DIR, "world.pkl")))
 
 
 # ----------------------------------------------------------------------------- report
