@@ -8,9 +8,10 @@ cluster with shared storage. Nothing outside this module opens a stage output by
     out.write_table("sessions", table)          # validated against the schema, temp + rename
     out.commit(metrics={...})                   # manifest written last
     is_complete("runs/demo", "simulate", fingerprint=...)           # -> True
-
-(:func:`icebreaker_ray.pipeline.run_stage` then adds the stage's chained fingerprint.)
     read_table("runs/demo/simulate/sessions.parquet", "sessions")   # validated on read
+
+(:func:`icebreaker_ray.pipeline.run_stage` adds the stage's chained fingerprint to the
+manifest after the stage function returns.)
 
 A stage counts as finished only when its manifest exists and every file it lists is
 present with the recorded size; the manifest is written last, so a stage killed midway
@@ -108,7 +109,8 @@ def exists(uri: str) -> bool:
 
 def listing(uri: str) -> list[tuple[str, int, int]]:
     """(path relative to ``uri``, size, mtime in ns) of every file at or under ``uri``,
-    sorted: what a fingerprint of external inputs (bring-your-own logs) is made of."""
+    sorted: what a fingerprint of external inputs (bring-your-own logs) and the cache key
+    of a downloaded model folder are made of."""
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
@@ -210,13 +212,6 @@ def output_dir(uri: str | os.PathLike[str]) -> Iterator[str]:
         upload_dir(tmp, uri)
 
 
-def _listing(fs: pafs.FileSystem, path: str) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime ns) of every file below ``path``."""
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
-    return sorted((f.path[len(path):].lstrip("/"), f.size, f.mtime_ns or 0)
-                  for f in infos if f.type == pafs.FileType.File)
-
-
 def local_dir(uri: str | os.PathLike[str], cache: str | None = None) -> str:
     """A local directory with the contents of the directory at ``uri``.
 
@@ -231,7 +226,7 @@ def local_dir(uri: str | os.PathLike[str], cache: str | None = None) -> str:
         if not os.path.isdir(path):
             raise DataError(f"{uri}: no such directory")
         return path
-    files, uri = _listing(fs, path), os.fspath(uri)
+    files, uri = listing(uri), os.fspath(uri)
     if not files:
         raise DataError(f"{uri}: no such directory (or it is empty)")
     from icebreaker_ray.models import _file_lock, cache_dir
