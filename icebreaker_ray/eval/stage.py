@@ -122,11 +122,11 @@ class Grader:
 
     def __init__(self, out: str, cfg: Config, state: WorldState | None, sessions: pa.Table,
                  users: pa.Table, encoder: TextEncoder) -> None:
-        from icebreaker_ray.reward.ranker import UserFeaturizer, UtilityRanker
+        from icebreaker_ray.reward.ranker import UserFeaturizer, load_ranker
 
         self.k = cfg.generation.K
         self.encoder, self.state = encoder, state
-        self.f = UtilityRanker.load(layout.ranker_dir(out, "eval"))
+        self.f = load_ranker(layout.ranker_dir(out, "eval"))
         self.features = UserFeaturizer(sessions, users, encoder)
         self.topics = TopicClassifier.fit(load_catalog(), encoder, seed=cfg.run.seed)
 
@@ -141,7 +141,8 @@ class Grader:
         for uid, starters in lists.items():
             if starters:
                 emb = self.encoder(list(starters))
-                result[uid] = self._pad(self.f.score(self.features.pair_features([uid] * len(starters), emb)))
+                result[uid] = self._pad(self.f.utility(self.features, [uid] * len(starters),
+                                                       list(starters), emb))
             else:
                 result[uid] = np.zeros(self.k)
         return result

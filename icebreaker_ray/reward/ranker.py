@@ -79,6 +79,18 @@ class UtilityRanker(nn.Module):
         click, _ = self(torch.as_tensor(x, dtype=torch.float32))
         return torch.sigmoid(click).numpy()
 
+    kind = "mlp"
+
+    def featurize(self, featurizer: UserFeaturizer, user_ids: Sequence[str], texts: Sequence[str],
+                  text_emb: np.ndarray, before_ms: Sequence[int | None] | None = None) -> np.ndarray:
+        """This kind's input rows: :meth:`UserFeaturizer.pair_features` (texts unused)."""
+        return featurizer.pair_features(user_ids, text_emb, before_ms)
+
+    def utility(self, featurizer: UserFeaturizer, user_ids: Sequence[str], texts: Sequence[str],
+                text_emb: np.ndarray, before_ms: Sequence[int | None] | None = None) -> np.ndarray:
+        """R_util(u, s) of (user, starter) pairs: the one scoring call of every ranker kind."""
+        return self.score(self.featurize(featurizer, user_ids, texts, text_emb, before_ms))
+
     def save(self, directory: str | Path) -> None:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -89,10 +101,82 @@ class UtilityRanker(nn.Module):
     @classmethod
     def load(cls, directory: str | Path) -> UtilityRanker:
         d = Path(directory)
-        model = cls(**json.loads((d / "ranker.json").read_text()))
+        meta = json.loads((d / "ranker.json").read_text())
+        meta.pop("kind", None)
+        model = cls(**meta)
         model.load_state_dict(torch.load(d / "ranker.pt", weights_only=True))
         model.eval()
         return model
+
+
+class RankerEnsemble:
+    """Rankers fitted on bootstrap resamples of one slice. ``utility`` is the members'
+    mean; ``conservative_utility`` the mean minus ``kappa`` standard deviations (clipped
+    to [0, 1]), the reward list search maximizes so it does not chase what one member
+    over-rates (Gao et al. 2022; Coste et al. 2023)."""
+
+    kind = "ensemble"
+
+    def __init__(self, members: Sequence):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+
+    def member_utilities(self, featurizer: UserFeaturizer, user_ids: Sequence[str],
+                         texts: Sequence[str], text_emb: np.ndarray,
+                         before_ms: Sequence[int | None] | None = None) -> np.ndarray:
+        """(members, n) utilities."""
+        return np.stack([np.asarray(m.utility(featurizer, user_ids, texts, text_emb, before_ms), np.float64)
+                         for m in self.members])
+
+    def utility(self, featurizer, user_ids, texts, text_emb, before_ms=None) -> np.ndarray:
+        return self.member_utilities(featurizer, user_ids, texts, text_emb, before_ms).mean(axis=0)
+
+    def conservative_utility(self, featurizer, user_ids, texts, text_emb, before_ms=None,
+                             kappa: float = 1.0) -> np.ndarray:
+        return conservative_score(
+            self.member_utilities(featurizer, user_ids, texts, text_emb, before_ms), kappa)
+
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        names = [f"member-{i}" for i in range(len(self.members))]
+        for name, m in zip(names, self.members, strict=True):
+            m.save(d / name)
+        (d / "ranker.json").write_text(json.dumps({"kind": self.kind, "members": names}))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RankerEnsemble:
+        d = Path(directory)
+        meta = json.loads((d / "ranker.json").read_text())
+        return cls([load_ranker(d / name) for name in meta["members"]])
+
+
+def conservative_score(member_scores: np.ndarray, kappa: float) -> np.ndarray:
+    """mean - kappa * std over members (axis 0; population std), clipped to [0, 1]."""
+    s = np.asarray(member_scores, np.float64)
+    return np.clip(s.mean(axis=0) - kappa * s.std(axis=0), 0.0, 1.0)
+
+
+def conservative_utility(ranker, featurizer: UserFeaturizer, user_ids: Sequence[str],
+                         texts: Sequence[str], text_emb: np.ndarray, kappa: float,
+                         before_ms: Sequence[int | None] | None = None) -> np.ndarray:
+    """The list-search reward: mean - kappa * std for an ensemble, R_util for one ranker."""
+    if isinstance(ranker, RankerEnsemble):
+        return ranker.conservative_utility(featurizer, user_ids, texts, text_emb, before_ms, kappa)
+    return ranker.utility(featurizer, user_ids, texts, text_emb, before_ms)
+
+
+def load_ranker(directory: str | Path):
+    """Whichever ranker kind ``directory`` holds (``ranker.json``'s ``kind``; none: mlp)."""
+    kind = json.loads((Path(directory) / "ranker.json").read_text()).get("kind", "mlp")
+    if kind == "ensemble":
+        return RankerEnsemble.load(directory)
+    if kind == "features":
+        from icebreaker_ray.reward.features import FeatureRanker
+
+        return FeatureRanker.load(directory)
+    return UtilityRanker.load(directory)
 
 
 def pair_feature_size(dim: int) -> int:
@@ -113,6 +197,7 @@ class UserFeaturizer:
         uids = np.asarray(sessions.column("user_id").to_pylist())[order]
         self.ts = sessions.column("ts").cast(pa.int64()).to_numpy()[order]
         summaries = [sessions.column("summary")[int(i)].as_py() for i in order]
+        self.summaries = summaries
         emb = encoder(summaries) if summaries else np.zeros((0, 384), np.float32)
         self.dim = emb.shape[1] if len(emb) else int(encoder.dim)
         self.emb = emb
@@ -169,27 +254,43 @@ class RankerExamples:
     depth: np.ndarray
     starter: list[str]
     request_id: list[str]
+    # What the feature ranker (reward/features.py) computes its own features from.
+    user_id: list[str] | None = None
+    ts: np.ndarray | None = None  # ms since epoch
+    emb: np.ndarray | None = None  # starter embeddings
+    featurizer: UserFeaturizer | None = None
 
     def __len__(self) -> int:
         return len(self.clicked)
 
     def subset(self, mask: np.ndarray) -> RankerExamples:
-        idx = np.flatnonzero(mask)
+        return self.take(np.flatnonzero(mask))
+
+    def take(self, idx: np.ndarray) -> RankerExamples:
+        """Rows ``idx`` (repeats allowed: bootstrap resamples)."""
+        def pick(v):
+            return None if v is None else v[idx]
+
         return RankerExamples(self.x[idx], self.position[idx], self.clicked[idx],
                               self.depth[idx], [self.starter[i] for i in idx],
-                              [self.request_id[i] for i in idx])
+                              [self.request_id[i] for i in idx],
+                              None if self.user_id is None else [self.user_id[i] for i in idx],
+                              pick(self.ts), pick(self.emb), self.featurizer)
 
 
 def build_examples(impressions: pa.Table, featurizer: UserFeaturizer, encoder) -> RankerExamples:
     starters = impressions.column("starter").to_pylist()
+    users = impressions.column("user_id").to_pylist()
+    ts = impressions.column("ts").cast(pa.int64()).to_numpy()
+    emb = encoder(starters) if starters else np.zeros((0, featurizer.dim), np.float32)
     return RankerExamples(
-        x=featurizer.pair_features(impressions.column("user_id").to_pylist(), encoder(starters),
-                                   impressions.column("ts").cast(pa.int64()).to_pylist()),
+        x=featurizer.pair_features(users, emb, ts.tolist()),
         position=np.asarray(impressions.column("position").to_pylist(), np.int64),
         clicked=np.asarray(impressions.column("clicked").to_pylist(), np.float32),
         depth=np.asarray(impressions.column("depth").to_pylist(), np.float32),
         starter=starters,
         request_id=impressions.column("request_id").to_pylist(),
+        user_id=users, ts=ts, emb=np.asarray(emb, np.float32), featurizer=featurizer,
     )
 
 
