@@ -294,7 +294,7 @@ def _lgb(x: np.ndarray, y: np.ndarray, objective: str, seed: int, trees: int, le
     params = {"objective": objective, "learning_rate": 0.03, "num_leaves": leaves,
               "min_data_in_leaf": 40, "bagging_fraction": 0.8, "bagging_freq": 1,
               "feature_fraction": 0.9, "lambda_l2": 1.0, "seed": seed, "deterministic": True,
-              "force_row_wise": True, "num_threads": 2, "verbose": -1}
+              "force_row_wise": True, "num_threads": 1, "verbose": -1}
     return lgb.train(params, lgb.Dataset(x, y, feature_name=list(FEATURES)), num_boost_round=trees)
 
 

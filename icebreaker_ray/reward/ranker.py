@@ -26,7 +26,6 @@ the offline metrics, so we never grade with the model we optimized against.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
+
+from icebreaker_ray.data.splits import log_slice  # noqa: F401  (re-exported: the ranker slices)
 
 DEPTH_CAP = 10
 MAX_POSITIONS = 32
@@ -292,11 +293,6 @@ def build_examples(impressions: pa.Table, featurizer: UserFeaturizer, encoder) -
         request_id=impressions.column("request_id").to_pylist(),
         user_id=users, ts=ts, emb=np.asarray(emb, np.float32), featurizer=featurizer,
     )
-
-
-def log_slice(request_ids: Sequence[str], slices: int = 2) -> np.ndarray:
-    """A stable slice index per impression, by request: disjoint slices of the logs."""
-    return np.array([int(hashlib.md5(r.encode()).hexdigest()[:8], 16) % slices for r in request_ids])
 
 
 # ----------------------------------------------------------------------------- training

@@ -21,6 +21,7 @@ import numpy as np
 
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
+from icebreaker_ray.data.splits import RANKER_SLICES, ranker_holdout
 from icebreaker_ray.eval.metrics import auc
 from icebreaker_ray.models import TextEncoder
 from icebreaker_ray.raykit import init_ray, node_id
@@ -35,7 +36,7 @@ from icebreaker_ray.reward.ranker import (
     train_ranker_on_ray,
 )
 
-SLICES = {"util": 0, "eval": 1}
+SLICES = RANKER_SLICES
 
 
 def popularity_scores(train: RankerExamples, test: RankerExamples, prior: float = 20.0) -> np.ndarray:
@@ -99,7 +100,7 @@ def fit_slice(part: RankerExamples, name: str, cfg: Config, storage_path: str, s
     popularity baseline. ``members`` > 1 (default: ``ranker.ensemble`` for util slices, 1
     otherwise) also fits that many bootstrap resamples of the kept kind and returns their
     :class:`RankerEnsemble`, measured by its members' mean."""
-    held_out = log_slice([f"holdout-{x}" for x in part.request_id], 5) == 0
+    held_out = ranker_holdout(part.request_id)
     train, test = part.subset(~held_out), part.subset(held_out)
     if train.clicked.sum() < 2:
         raise io.DataError(
