@@ -198,3 +198,34 @@ def test_feature_ranker_beats_chance_on_a_synthetic_log(tmp_path):
     np.testing.assert_allclose(
         conservative_utility(ens, test.featurizer, test.user_id, test.starter, test.emb, 1.0,
                              test.ts), util, rtol=1e-5, atol=1e-9)  # identical members: std 0
+
+
+def test_logged_statistics_split_like_train_ranker():
+    from icebreaker_ray.data.splits import RANKER_SLICES, ranker_holdout
+    from icebreaker_ray.sim.stage import _logged_rows, logged_statistics
+
+    _, _, impressions = _synthetic_world(users=12, days=10)
+    stats = logged_statistics(impressions)
+    clicked = np.asarray(impressions.column("clicked").to_pylist())
+    assert stats["all"] == {"impressions": impressions.num_rows, "requests": 12 * 5,
+                            "clicks": int(clicked.sum())}
+    parts = [v for halves in stats["slices"].values() for v in halves.values()]
+    assert sum(p["impressions"] for p in parts) == impressions.num_rows
+    assert sum(p["clicks"] for p in parts) == int(clicked.sum())
+    requests = impressions.column("request_id").to_pylist()
+    util = log_slice(requests, len(RANKER_SLICES)) == RANKER_SLICES["util"]
+    held = ranker_holdout(requests)
+    assert stats["slices"]["util"]["test"]["clicks"] == int(clicked[util & held].sum())
+    assert _logged_rows(stats).count("\n") == 4
+
+
+def test_ranker_section_of_the_report():
+    from icebreaker_ray.eval.report import _ranker_section
+
+    md = _ranker_section({"util": {"kind": "features", "members": 5, "train_clicks": 1500,
+                                   "train_impressions": 30000, "test_clicks": 350,
+                                   "test_impressions": 7000, "click_auc": 0.8,
+                                   "click_auc_popularity": 0.7, "click_auc_mlp": 0.65,
+                                   "click_auc_features": 0.79}})
+    assert "| util | features | 5 | 1500 / 30000 | 350 / 7000 | 0.800 | 0.700 | 0.650 | 0.790 |" in md
+    assert _ranker_section(None) == ""
