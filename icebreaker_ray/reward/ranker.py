@@ -22,6 +22,15 @@ the offline metrics, so we never grade with the model we optimized against.
                                          epochs=30, checkpoint_every=10)
     texts = ["Which One Piece arc next?", "Translate this?"]
     ranker.score(feats.pair_features(["u0000001"] * 2, encoder(texts)))   # R_util per starter
+
+Every ranker kind (this MLP, ``kind: mlp``; the LightGBM feature ranker of
+:mod:`icebreaker_ray.reward.features`, ``kind: features``; a :class:`RankerEnsemble` of
+either) answers the one scoring call that mining, grading and serving use, and
+:func:`load_ranker` opens whichever a directory holds:
+
+    ranker = load_ranker("runs/demo/train-ranker/util")
+    ranker.utility(feats, ["u0000001"] * 2, texts, encoder(texts))       # R_util per starter
+    conservative_utility(ranker, feats, ["u0000001"] * 2, texts, encoder(texts), kappa=1.0)
 """
 
 from __future__ import annotations
