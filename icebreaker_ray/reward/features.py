@@ -55,6 +55,7 @@ RECUR_COS = 0.5
 KNN = 10
 POP_PRIOR = 20.0  # pseudo expected-clicks of the popularity smoothing
 NUM_TOPICS = 24
+TOPIC_SAMPLE = 4000  # summaries the topic clusters are fitted on
 OOF_FOLDS = 5
 DEPTH_CAP = 10
 _WORD = re.compile(r"[a-z0-9][a-z0-9'+#.-]*[a-z0-9+#]|[a-z0-9]")
@@ -314,7 +315,8 @@ def fit_feature_ranker(ex: RankerExamples, *, depth_weight: float = 0.3, seed: i
     k = min(NUM_TOPICS, len(feats.emb))
     centroids = np.zeros((0, feats.dim), np.float32)
     if k >= 2:
-        km = KMeans(k, n_init=3, random_state=seed).fit(feats.emb)
+        rows = np.random.default_rng(seed).permutation(len(feats.emb))[:TOPIC_SAMPLE]
+        km = KMeans(k, n_init=2, random_state=seed).fit(feats.emb[np.sort(rows)])
         c = km.cluster_centers_
         centroids = (c / (np.linalg.norm(c, axis=1, keepdims=True) + 1e-9)).astype(np.float32)
     pctr = position_ctr(ex.clicked, ex.position)
