@@ -232,6 +232,16 @@ class RankerSection(Section):
     # Epochs between Ray Train reports + checkpoints (the last epoch always reports): an
     # epoch of this MLP takes milliseconds, a report waits ~2 s for the controller's poll.
     checkpoint_every: int = Field(default=10, ge=1)
+    # Which ranker train-ranker saves for both slices: "features" (LightGBM over a few
+    # starter x user interaction features, reward/features.py) or "mlp" (eq. 7 over raw
+    # embeddings). Both are fitted and their held-out click AUC reported in every run.
+    kind: Literal["mlp", "features"] = "features"
+    # Members of the util slice's bootstrap ensemble (list search uses mean - kappa * std,
+    # search.kappa); 1: a single ranker. The eval ranker f is always a single model.
+    ensemble: int = Field(default=5, ge=1)
+    # Feature ranker: boosting rounds and leaves per tree.
+    trees: int = Field(default=300, ge=1)
+    leaves: int = Field(default=15, ge=2)
 
 
 class SearchSection(Section):
@@ -250,6 +260,9 @@ class SearchSection(Section):
     div_tolerance: float = Field(default=0.05, ge=0)
     # Share of the candidate pool filled with teacher-distilled starters (App. C.3).
     teacher_mix_ratio: float = Field(default=0.25, ge=0, le=1)
+    # Conservative reward of Algorithm 1 and SELECTNEGATIVES: mean - kappa * std of the
+    # util ranker ensemble's utilities (ranker.ensemble members); 0: the plain mean.
+    kappa: float = Field(default=1.0, ge=0)
     # Users mined per round (a random sample of the non-held-out users); None: all.
     max_users: int | None = Field(default=96, ge=1)
     # Vanilla SFT+DPO baseline: at most this many (clicked list, unclicked list) pairs per user.

@@ -99,7 +99,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", "Supervised interest-expanded instruction tuning (SIT, eq. 5), Ray Train + DeepSpeed.",
           "icebreaker_ray.isg.stage:sft", ("sft", "models", "generation", "filter.max_chars"),
           ("distill-corpus",), issue=5),
-    Stage("train-ranker", "Utility ranker R_util with click and depth heads (eq. 7), Ray Train.",
+    Stage("train-ranker", "Utility rankers R_util (eq. 7): MLP on Ray Train and a LightGBM feature ranker.",
           "icebreaker_ray.reward.stage:train_ranker", ("ranker", "models"), ("simulate",), issue=6),
     Stage("mine", "Candidate sampling + hybrid reward list search (Algorithm 1): preference pairs.",
           "icebreaker_ray.search.stage:mine",

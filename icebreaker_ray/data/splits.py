@@ -1,14 +1,36 @@
-"""Deterministic user splits: held-out users are never mined or trained on.
+"""Deterministic splits: held-out users are never mined or trained on; the logs' requests
+fall into disjoint ranker slices.
 
     is_holdout("u0000042", fraction=0.2, seed=0)   # -> True or False, stable across runs
+    log_slice(["r1", "r2"], slices=2)              # -> array([0, 1]) or so, stable
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+
+import numpy as np
 
 
 def is_holdout(user_id: str, fraction: float, seed: int = 0) -> bool:
     """True for about ``fraction`` of users, decided by a hash of (seed, user id)."""
     digest = hashlib.sha256(f"{seed}:{user_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def log_slice(request_ids: Sequence[str], slices: int = 2) -> np.ndarray:
+    """A stable slice index per impression, by request: disjoint slices of the logs."""
+    return np.array([int(hashlib.md5(r.encode()).hexdigest()[:8], 16) % slices for r in request_ids])
+
+
+#: The ranker slices of the logs (train-ranker): ``util`` guides list search and DPO,
+#: ``eval`` is the grader f; disjoint by request.
+RANKER_SLICES = {"util": 0, "eval": 1}
+#: Each slice holds out one in this many of its requests to measure its ranker.
+RANKER_HOLDOUT = 5
+
+
+def ranker_holdout(request_ids: Sequence[str]) -> np.ndarray:
+    """True for the requests a ranker slice holds out for its held-out metrics."""
+    return log_slice([f"holdout-{r}" for r in request_ids], RANKER_HOLDOUT) == 0

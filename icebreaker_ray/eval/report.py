@@ -118,6 +118,26 @@ def _pairs_section(agreement: Mapping[str, Mapping[str, Mapping[str, float]]] | 
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
 
 
+def _ranker_section(ranker: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """Held-out click AUC of the util and eval rankers vs popularity (train-ranker)."""
+    if not ranker:
+        return ""
+    rows = [f"| {name} | {v.get('kind', 'mlp')} | {v.get('members', 1)} | {v.get('train_clicks')} / "
+            f"{v.get('train_impressions')} | {v.get('test_clicks')} / {v.get('test_impressions')} | "
+            f"{_f(v.get('click_auc'))} | {_f(v.get('click_auc_popularity'))} | "
+            f"{_f(v.get('click_auc_mlp'))} | {_f(v.get('click_auc_features'))} |"
+            for name, v in ranker.items()]
+    return ("## Utility rankers: held-out click AUC\n\n"
+            "Each ranker is trained on its own slice of the logged impressions (by request) and\n"
+            "measured on a held-out fifth of that slice's requests. `util` guides list search and\n"
+            "DPO (a bootstrap ensemble of `members`); `eval` is the grader f. Popularity is the\n"
+            "smoothed CTR of the exact starter text in the training requests. Both ranker kinds\n"
+            "are fitted every run; `kind` is the one used.\n\n"
+            "| ranker | kind | members | train clicks / impressions | test clicks / impressions | "
+            "click AUC | popularity AUC | MLP AUC | features AUC |\n"
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
+
+
 def render_markdown(results: Mapping[str, Any], cfg: Config) -> str:
     c = results["config"]
     t1 = results["table1"]
@@ -169,7 +189,7 @@ learned grader over-rates a method (reward hacking shows up as a large positive 
 
 {_rounds_table(results.get('rounds', []))}
 
-{_pairs_section(results.get('pairs_vs_oracle'))}## Topic distribution (Fig. 3 analogue)
+{_pairs_section(results.get('pairs_vs_oracle'))}{_ranker_section(results.get('ranker'))}## Topic distribution (Fig. 3 analogue)
 
 From raw summaries to trigger interests to generated starters, by the topic classifier
 (train accuracy on catalog phrasing {_f(results.get('topic_classifier_train_accuracy'), pct=True)}).

@@ -121,11 +121,11 @@ class Grader:
 
     def __init__(self, out: str, cfg: Config, state: WorldState | None, sessions: pa.Table,
                  users: pa.Table, encoder: TextEncoder) -> None:
-        from icebreaker_ray.reward.ranker import UserFeaturizer, UtilityRanker
+        from icebreaker_ray.reward.ranker import UserFeaturizer, load_ranker
 
         self.k = cfg.generation.K
         self.encoder, self.state = encoder, state
-        self.f = UtilityRanker.load(layout.ranker_dir(out, "eval"))
+        self.f = load_ranker(layout.ranker_dir(out, "eval"))
         self.features = UserFeaturizer(sessions, users, encoder)
         self.topics = TopicClassifier.fit(load_catalog(), encoder, seed=cfg.run.seed)
 
@@ -140,7 +140,8 @@ class Grader:
         for uid, starters in lists.items():
             if starters:
                 emb = self.encoder(list(starters))
-                result[uid] = self._pad(self.f.score(self.features.pair_features([uid] * len(starters), emb)))
+                result[uid] = self._pad(self.f.utility(self.features, [uid] * len(starters),
+                                                       list(starters), emb))
             else:
                 result[uid] = np.zeros(self.k)
         return result
@@ -435,6 +436,7 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
     if ev.state is not None:
         results["pairs_vs_oracle"] = pairs_vs_oracle(cfg, out, results["rounds"])
     results["stages"] = _stage_times(out)
+    results["ranker"] = ranker_summary(out)
     results["topic_classifier_train_accuracy"] = ev.grader.topics.train_accuracy
     writer.write_json("lists.json", {k: as_dict(t) for k, t in tables.items()})
     writer.write_json("metrics.json", results)
@@ -512,6 +514,18 @@ def _examples(ev: Evaluation, users, base, generated, n: int) -> list[dict[str, 
     picked = [u for u in users if generated.get(u)][:n]
     return [{"user_id": u, "summaries": ev.recent(u)[-5:], "trigger_interests": ev.interests[u],
              "baseline": base[u], "generated": generated[u]} for u in picked]
+
+
+RANKER_KEYS = ("kind", "members", "train_impressions", "test_impressions", "train_clicks",
+               "test_clicks", "click_auc", "click_auc_popularity", "click_auc_mlp",
+               "click_auc_features", "depth_corr", "depth_corr_popularity")
+
+
+def ranker_summary(out: str) -> dict[str, dict[str, Any]]:
+    """``ranker.util`` / ``ranker.eval`` of metrics.json: train-ranker's held-out quality."""
+    metrics = (io.read_manifest(out, "train-ranker") or {}).get("metrics", {})
+    return {name: {k: metrics[name][k] for k in RANKER_KEYS if k in metrics[name]}
+            for name in ("util", "eval") if isinstance(metrics.get(name), dict)}
 
 
 def _stage_times(out: str) -> dict[str, float]:

@@ -22,11 +22,19 @@ the offline metrics, so we never grade with the model we optimized against.
                                          epochs=30, checkpoint_every=10)
     texts = ["Which One Piece arc next?", "Translate this?"]
     ranker.score(feats.pair_features(["u0000001"] * 2, encoder(texts)))   # R_util per starter
+
+Every ranker kind (this MLP, ``kind: mlp``; the LightGBM feature ranker of
+:mod:`icebreaker_ray.reward.features`, ``kind: features``; a :class:`RankerEnsemble` of
+either) answers the one scoring call that mining, grading and serving use, and
+:func:`load_ranker` opens whichever a directory holds:
+
+    ranker = load_ranker("runs/demo/train-ranker/util")
+    ranker.utility(feats, ["u0000001"] * 2, texts, encoder(texts))       # R_util per starter
+    conservative_utility(ranker, feats, ["u0000001"] * 2, texts, encoder(texts), kappa=1.0)
 """
 
 from __future__ import annotations
 
-import hashlib
 import io as _io
 import json
 import os
@@ -39,6 +47,7 @@ import torch
 from torch import nn
 
 from icebreaker_ray.data import io
+from icebreaker_ray.data.splits import log_slice  # noqa: F401  (re-exported: the ranker slices)
 
 DEPTH_CAP = 10
 MAX_POSITIONS = 32
@@ -82,6 +91,18 @@ class UtilityRanker(nn.Module):
         click, _ = self(torch.as_tensor(x, dtype=torch.float32))
         return torch.sigmoid(click).numpy()
 
+    kind = "mlp"
+
+    def featurize(self, featurizer: UserFeaturizer, user_ids: Sequence[str], texts: Sequence[str],
+                  text_emb: np.ndarray, before_ms: Sequence[int | None] | None = None) -> np.ndarray:
+        """This kind's input rows: :meth:`UserFeaturizer.pair_features` (texts unused)."""
+        return featurizer.pair_features(user_ids, text_emb, before_ms)
+
+    def utility(self, featurizer: UserFeaturizer, user_ids: Sequence[str], texts: Sequence[str],
+                text_emb: np.ndarray, before_ms: Sequence[int | None] | None = None) -> np.ndarray:
+        """R_util(u, s) of (user, starter) pairs: the one scoring call of every ranker kind."""
+        return self.score(self.featurize(featurizer, user_ids, texts, text_emb, before_ms))
+
     def save(self, directory: str) -> None:
         """``ranker.pt`` + ``ranker.json`` in ``directory`` (a path or a storage URI)."""
         with io.output_dir(directory) as d:
@@ -91,11 +112,85 @@ class UtilityRanker(nn.Module):
 
     @classmethod
     def load(cls, directory: str) -> UtilityRanker:
-        model = cls(**io.read_json(io.join(directory, "ranker.json")))
+        meta = io.read_json(io.join(directory, "ranker.json"))
+        meta.pop("kind", None)
+        model = cls(**meta)
         state = io.read_bytes(io.join(directory, "ranker.pt"))
         model.load_state_dict(torch.load(_io.BytesIO(state), weights_only=True))
         model.eval()
         return model
+
+
+class RankerEnsemble:
+    """Rankers fitted on bootstrap resamples of one slice. ``utility`` is the members'
+    mean; ``conservative_utility`` the mean minus ``kappa`` standard deviations (clipped
+    to [0, 1]), the reward list search maximizes so it does not chase what one member
+    over-rates (Gao et al. 2022; Coste et al. 2023)."""
+
+    kind = "ensemble"
+
+    def __init__(self, members: Sequence):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = list(members)
+
+    def member_utilities(self, featurizer: UserFeaturizer, user_ids: Sequence[str],
+                         texts: Sequence[str], text_emb: np.ndarray,
+                         before_ms: Sequence[int | None] | None = None) -> np.ndarray:
+        """(members, n) utilities."""
+        return np.stack([np.asarray(m.utility(featurizer, user_ids, texts, text_emb, before_ms), np.float64)
+                         for m in self.members])
+
+    def utility(self, featurizer, user_ids, texts, text_emb, before_ms=None) -> np.ndarray:
+        return self.member_utilities(featurizer, user_ids, texts, text_emb, before_ms).mean(axis=0)
+
+    def conservative_utility(self, featurizer, user_ids, texts, text_emb, before_ms=None,
+                             kappa: float = 1.0) -> np.ndarray:
+        return conservative_score(
+            self.member_utilities(featurizer, user_ids, texts, text_emb, before_ms), kappa)
+
+    def save(self, directory: str) -> None:
+        """One sub-folder per member and ``ranker.json`` (a path or a storage URI)."""
+        names = [f"member-{i}" for i in range(len(self.members))]
+        with io.output_dir(directory) as d:
+            for name, m in zip(names, self.members, strict=True):
+                m.save(os.path.join(d, name))
+            with open(os.path.join(d, "ranker.json"), "w") as f:
+                json.dump({"kind": self.kind, "members": names}, f)
+
+    @classmethod
+    def load(cls, directory: str) -> RankerEnsemble:
+        d = io.local_dir(directory)  # one download of every member
+        meta = io.read_json(os.path.join(d, "ranker.json"))
+        return cls([load_ranker(os.path.join(d, name)) for name in meta["members"]])
+
+
+def conservative_score(member_scores: np.ndarray, kappa: float) -> np.ndarray:
+    """mean - kappa * std over members (axis 0; population std), clipped to [0, 1]."""
+    s = np.asarray(member_scores, np.float64)
+    return np.clip(s.mean(axis=0) - kappa * s.std(axis=0), 0.0, 1.0)
+
+
+def conservative_utility(ranker, featurizer: UserFeaturizer, user_ids: Sequence[str],
+                         texts: Sequence[str], text_emb: np.ndarray, kappa: float,
+                         before_ms: Sequence[int | None] | None = None) -> np.ndarray:
+    """The list-search reward: mean - kappa * std for an ensemble, R_util for one ranker."""
+    if isinstance(ranker, RankerEnsemble):
+        return ranker.conservative_utility(featurizer, user_ids, texts, text_emb, before_ms, kappa)
+    return ranker.utility(featurizer, user_ids, texts, text_emb, before_ms)
+
+
+def load_ranker(directory: str):
+    """Whichever ranker kind ``directory`` (a path or a storage URI) holds (``ranker.json``'s
+    ``kind``; none: mlp)."""
+    kind = io.read_json(io.join(directory, "ranker.json")).get("kind", "mlp")
+    if kind == "ensemble":
+        return RankerEnsemble.load(directory)
+    if kind == "features":
+        from icebreaker_ray.reward.features import FeatureRanker
+
+        return FeatureRanker.load(directory)
+    return UtilityRanker.load(directory)
 
 
 def pair_feature_size(dim: int) -> int:
@@ -116,6 +211,7 @@ class UserFeaturizer:
         uids = np.asarray(sessions.column("user_id").to_pylist())[order]
         self.ts = sessions.column("ts").cast(pa.int64()).to_numpy()[order]
         summaries = [sessions.column("summary")[int(i)].as_py() for i in order]
+        self.summaries = summaries
         emb = encoder(summaries) if summaries else np.zeros((0, 384), np.float32)
         self.dim = emb.shape[1] if len(emb) else int(encoder.dim)
         self.emb = emb
@@ -172,33 +268,44 @@ class RankerExamples:
     depth: np.ndarray
     starter: list[str]
     request_id: list[str]
+    # What the feature ranker (reward/features.py) computes its own features from.
+    user_id: list[str] | None = None
+    ts: np.ndarray | None = None  # ms since epoch
+    emb: np.ndarray | None = None  # starter embeddings
+    featurizer: UserFeaturizer | None = None
 
     def __len__(self) -> int:
         return len(self.clicked)
 
     def subset(self, mask: np.ndarray) -> RankerExamples:
-        idx = np.flatnonzero(mask)
+        return self.take(np.flatnonzero(mask))
+
+    def take(self, idx: np.ndarray) -> RankerExamples:
+        """Rows ``idx`` (repeats allowed: bootstrap resamples)."""
+        def pick(v):
+            return None if v is None else v[idx]
+
         return RankerExamples(self.x[idx], self.position[idx], self.clicked[idx],
                               self.depth[idx], [self.starter[i] for i in idx],
-                              [self.request_id[i] for i in idx])
+                              [self.request_id[i] for i in idx],
+                              None if self.user_id is None else [self.user_id[i] for i in idx],
+                              pick(self.ts), pick(self.emb), self.featurizer)
 
 
 def build_examples(impressions: pa.Table, featurizer: UserFeaturizer, encoder) -> RankerExamples:
     starters = impressions.column("starter").to_pylist()
+    users = impressions.column("user_id").to_pylist()
+    ts = impressions.column("ts").cast(pa.int64()).to_numpy()
+    emb = encoder(starters) if starters else np.zeros((0, featurizer.dim), np.float32)
     return RankerExamples(
-        x=featurizer.pair_features(impressions.column("user_id").to_pylist(), encoder(starters),
-                                   impressions.column("ts").cast(pa.int64()).to_pylist()),
+        x=featurizer.pair_features(users, emb, ts.tolist()),
         position=np.asarray(impressions.column("position").to_pylist(), np.int64),
         clicked=np.asarray(impressions.column("clicked").to_pylist(), np.float32),
         depth=np.asarray(impressions.column("depth").to_pylist(), np.float32),
         starter=starters,
         request_id=impressions.column("request_id").to_pylist(),
+        user_id=users, ts=ts, emb=np.asarray(emb, np.float32), featurizer=featurizer,
     )
-
-
-def log_slice(request_ids: Sequence[str], slices: int = 2) -> np.ndarray:
-    """A stable slice index per impression, by request: disjoint slices of the logs."""
-    return np.array([int(hashlib.md5(r.encode()).hexdigest()[:8], 16) % slices for r in request_ids])
 
 
 # ----------------------------------------------------------------------------- training

@@ -8,7 +8,8 @@
    that passes the rule filter joins the pool (deduplicated), up to ``search.N``. A share
    ``search.teacher_mix_ratio`` of the pool comes from the teacher-distilled starters of
    the SIT corpus (App. C.3: distilled starters keep preference learning from collapsing).
-2. Hybrid reward list search (Algorithm 1) with R_util from the ``util`` ranker and
+2. Hybrid reward list search (Algorithm 1) with R_util from the ``util`` ranker (for its
+   bootstrap ensemble, the conservative mean - ``search.kappa`` * std of the members) and
    sentence embeddings for R_div gives S+ and the hierarchical negatives (utility,
    diversity, joint failure); each negative becomes one (chosen=S+, rejected) pair.
 
@@ -89,12 +90,13 @@ class ListSearcher:
 
     def __init__(self, ranker_dir: str, sessions: pa.Table, users: pa.Table, embedder: str,
                  params: ListSearchParams, round_: int, seed: int, k: int, max_chars: int,
-                 negatives: Sequence[str]) -> None:
+                 negatives: Sequence[str], kappa: float = 0.0) -> None:
         from icebreaker_ray.models import TextEncoder
-        from icebreaker_ray.reward.ranker import UserFeaturizer, UtilityRanker
+        from icebreaker_ray.reward.ranker import UserFeaturizer, conservative_utility, load_ranker
 
         self.encoder = TextEncoder(embedder)
-        self.ranker = UtilityRanker.load(ranker_dir)
+        self.ranker = load_ranker(ranker_dir)
+        self.kappa, self._utility = kappa, conservative_utility
         self.features = UserFeaturizer(sessions, users, self.encoder)
         self.params, self.round, self.seed = params, round_, seed
         self.k, self.max_chars, self.negatives = k, max_chars, list(negatives)
@@ -107,7 +109,8 @@ class ListSearcher:
             if len(pool) < self.params.K:
                 continue
             emb = self.encoder(pool)
-            utility = self.ranker.score(self.features.pair_features([uid] * len(pool), emb))
+            utility = self._utility(self.ranker, self.features, [uid] * len(pool), pool,
+                                    emb, self.kappa)
             rows += pairs_for_user(uid, prompt_for(interests, self.k, self.max_chars), pool,
                                    utility, emb, self.params, self.round, self.seed, self.negatives)
         return pa.Table.from_pylist(rows, schema=schema("preference_pairs"))
@@ -140,6 +143,6 @@ def search_pairs(pools: pa.Table, ranker_dir: str, sessions: pa.Table, users: pa
                dict(ranker_dir=ranker_dir, sessions=sessions, users=users,
                     embedder=cfg.models.embedder, params=search_params(cfg), round_=round_,
                     seed=cfg.run.seed, k=cfg.generation.K, max_chars=cfg.filter.max_chars,
-                    negatives=negatives),
+                    negatives=negatives, kappa=cfg.search.kappa),
                cfg.search.num_actors, 16, schema("preference_pairs"))
     return out.sort_by([("user_id", "ascending"), ("negative_type", "ascending")])

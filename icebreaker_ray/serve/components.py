@@ -324,12 +324,12 @@ class ListSelectorCore:
 
     def __init__(self, cfg: Config, art: Artifacts, encoder: Callable | None = None) -> None:
         from icebreaker_ray.models import TextEncoder
-        from icebreaker_ray.reward.ranker import UtilityRanker
+        from icebreaker_ray.reward.ranker import load_ranker
 
         self.cfg = cfg
         self.encoder = encoder or TextEncoder(cfg.models.embedder)
         self.safety = SafetyFilter(self.encoder, filter_params(cfg, POOL_CAP))
-        self.ranker = UtilityRanker.load(art.ranker_dir) if art.ranker_dir else None
+        self.ranker = load_ranker(art.ranker_dir) if art.ranker_dir else None
         self.lam = cfg.search.lam
         self.cold = self._cold_start_list(art.impressions_parquet)
 
@@ -399,7 +399,7 @@ class ListSelectorCore:
                              "summary": recent})
         users = pa.table({"user_id": [uid], "profile": [profile or ""]})
         feats = UserFeaturizer(sessions, users, self.encoder, window=RANKER_WINDOW)
-        return self.ranker.score(feats.pair_features([uid] * len(texts), emb))
+        return self.ranker.utility(feats, [uid] * len(texts), list(texts), emb)
 
     def select(self, user_id: str | None, history: Sequence[str], interests: Sequence[str],
                candidates: Sequence[str], k: int, profile: str | None = None) -> list[Pick]:

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.data.schemas import INPUT_TABLES
+from icebreaker_ray.data.splits import RANKER_SLICES, log_slice, ranker_holdout
 from icebreaker_ray.models import TextEncoder
 from icebreaker_ray.raykit import init_ray, node_id
 from icebreaker_ray.sim.catalog import load_catalog
@@ -154,7 +155,7 @@ def simulate(cfg: Config, out: str) -> dict[str, Any]:
     writer.write_bytes("sim-report.md", report_md.encode())
     writer.write_bytes("sim-report.png", png)
     return writer.commit(
-        metrics={k: stats[k] for k in ("users", "sessions", "impressions", "baseline")},
+        metrics={k: stats[k] for k in ("users", "sessions", "impressions", "logged", "baseline")},
         node_ids=[r["node_id"] for r in results if r["node_id"]] + [node_id()],
     )
 
@@ -194,6 +195,25 @@ def load_truth_envs(out: str) -> list[SimEnv]:
 # ----------------------------------------------------------------------------- report
 
 
+def logged_statistics(impressions: pa.Table) -> dict[str, Any]:
+    """What the logging policy logged: impressions, requests (shown lists) and clicks, in
+    all and per ranker slice (train-ranker's split by request), train and held-out part."""
+    requests = impressions.column("request_id").to_pylist()
+    clicked = np.asarray(impressions.column("clicked").to_pylist(), bool)
+    slices = log_slice(requests, len(RANKER_SLICES))
+    held = ranker_holdout(requests)
+    req = np.asarray(requests, object)
+
+    def part(mask: np.ndarray) -> dict[str, int]:
+        return {"impressions": int(mask.sum()), "requests": int(len(set(req[mask]))),
+                "clicks": int(clicked[mask].sum())}
+
+    every = np.ones(len(requests), bool)
+    return {"all": part(every), "slices": {
+        name: {"train": part((slices == i) & ~held), "test": part((slices == i) & held)}
+        for name, i in RANKER_SLICES.items()}}
+
+
 def world_statistics(env: SimEnv, users, truth: pa.Table, impressions: pa.Table,
                      events: pa.Table, buckets: np.ndarray) -> dict[str, Any]:
     t = truth.to_pandas().sort_values(["user_id", "day"])
@@ -212,6 +232,7 @@ def world_statistics(env: SimEnv, users, truth: pa.Table, impressions: pa.Table,
         "category_sessions": {names[k]: int(v) for k, v in by_cat["sessions"].items()},
         "category_revisits": {names[k]: int(v) for k, v in by_cat["revisits"].items()},
         "activity_buckets": {int(b): int((buckets == b).sum()) for b in np.unique(buckets)},
+        "logged": logged_statistics(impressions),
         "baseline": {
             "ctr": float(imp["clicked"].mean()) if len(imp) else float("nan"),
             "ctr_by_position": {int(k): float(v) for k, v in imp.groupby("position")["clicked"].mean().items()},
@@ -220,6 +241,16 @@ def world_statistics(env: SimEnv, users, truth: pa.Table, impressions: pa.Table,
             "mean_depth_after_click": float(imp.loc[imp["clicked"], "depth"].mean()) if imp["clicked"].any() else 0.0,
         },
     }
+
+
+def _logged_rows(logged: dict[str, Any] | None) -> str:
+    if not logged:
+        return ""
+    rows = [("all", logged["all"])] + [(f"{name} slice, {half}", v)
+                                       for name, halves in logged["slices"].items()
+                                       for half, v in halves.items()]
+    return "\n".join(f"| {name} | {v['requests']} | {v['impressions']} | {v['clicks']} |"
+                     for name, v in rows)
 
 
 def render_report(stats: dict[str, Any], cfg: Config) -> tuple[str, bytes]:
@@ -279,6 +310,15 @@ retrieval baseline logging impressions over the last {cfg.sim.impression_days} d
 Where sessions come from (hidden): {origin}.
 
 Activity buckets (users): {json.dumps(stats['activity_buckets'])}.
+
+## What the logging policy logged
+
+The impressions the utility rankers learn from (train-ranker splits them by request into
+disjoint slices and holds out a fifth of each slice's requests):
+
+| part | shown lists | impressions | clicks |
+|---|---|---|---|
+{_logged_rows(stats.get('logged'))}
 
 | category | sessions | share | revisits | share of revisits |
 |---|---|---|---|---|
