@@ -191,3 +191,15 @@ def test_report_shows_intervals_graded_users_and_the_promoted_round():
     assert "| 1 | 24 | 6.2% vs 35.9% | 0.310 vs 0.420 | no | refused: format pass 6.2%" in md
     # without the statistics (an older metrics.json) the tables still render
     assert "| ICEBREAKER | 30.0% | 30.0% | 15.0% |" in render_markdown(_results(), cfg)
+
+
+def test_eval_users_are_not_capped_below_max_users():
+    from icebreaker_ray.eval.stage import eval_users
+
+    interests = {f"u{i:05d}": ["x"] for i in range(2000)}
+    cfg = load_config("configs/quick.yaml", ["eval.max_users=250"])
+    users = eval_users(interests, cfg, cfg.eval.max_users)
+    assert len(users) == 250 and users == sorted(users) == eval_users(interests, cfg, 250)
+    everyone = eval_users(interests, cfg, None)
+    assert len(everyone) > 300 and set(users) <= set(everyone)  # ~20% of 2,000 held out
+    assert load_config("configs/local-cpu.yaml").eval.max_users >= 200
