@@ -106,7 +106,8 @@ class ListSearcher:
                                         batch.column("starters").to_pylist(), strict=True):
             if len(pool) < self.params.K:
                 continue
-            emb = self.encoder(pool)
+            with self.encoder.scoped():  # the user's pool alone: the same whichever actor/block
+                emb = self.encoder(pool)
             utility = self.ranker.score(self.features.pair_features([uid] * len(pool), emb))
             rows += pairs_for_user(uid, prompt_for(interests, self.k, self.max_chars), pool,
                                    utility, emb, self.params, self.round, self.seed, self.negatives)
