@@ -12,13 +12,15 @@ list per user through Ray Data (``isg.batch.generate_many``, one pass for all me
 | PE+RID | base generator | trigger interests I* |
 | SFT | ``sft/model`` | I* |
 | SFT+DPO | ``dpo/vanilla-model`` (pairs from logged clicks only) | I* |
-| ICEBREAKER | the last self-reinforced round | I* |
+| ICEBREAKER | the promoted generator (``iterate``'s round gate; round 0 if none passed) | I* |
 
 and is compared with the deployed retrieval baseline R_u on the same users:
 R-User (eq. 9) and R-Score (eq. 10) under the evaluation ranker f (``train-ranker/eval``,
 trained on a slice of logs the optimized ranker never saw) and under the simulator's
 true click probability; lexical and semantic diversity; the format pass rate. A slot the
-generator could not fill scores 0. Ablations: distillation strategy (Table 6), round
+generator could not fill scores 0. The utility figures get 95% bootstrap intervals over
+users and ICEBREAKER is tested against SFT+DPO and SFT, paired over the same users
+(:func:`table1_statistics`); ``eval.max_users`` caps the graded users (None: all). Ablations: distillation strategy (Table 6), round
 (Table 7), negative type (Table 9, ``eval.negative_ablation``). The A/B test (Table 2)
 continues the world from where the logs end with one arm per method.
 
