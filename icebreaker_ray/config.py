@@ -279,6 +279,14 @@ class SearchSection(Section):
 class IterateSection(Section):
     rounds: int = Field(default=2, ge=1)
     days_per_round: int = Field(default=7, ge=1)
+    # Round gate (search/iterate.py): a round is promoted only if, on `validation_users`
+    # non-held-out users never mined in a round, it is not worse than the generator it
+    # replaces by more than these tolerances (absolute: format pass rate in [0, 1], mean
+    # cosine relevance to the trigger interests). false: every round is promoted.
+    gate: bool = True
+    validation_users: int = Field(default=24, ge=1)
+    format_tolerance: float = Field(default=0.02, ge=0, le=1)
+    relevance_tolerance: float = Field(default=0.01, ge=0)
 
 
 class EvalSection(Section):

@@ -57,8 +57,9 @@ def vanilla_generator(out: str) -> str:
 
 
 def promoted_generator(out: str) -> str:
-    """The generator the run ships: the one the self-reinforced rounds ended with, else
-    round 0's DPO model, else the SFT model (the newest complete stage that has one)."""
+    """The generator the run ships: the self-reinforced round the round gate promoted last
+    (the iterate manifest's ``final_model``), else round 0's DPO model (no round passed
+    the gate, or no rounds ran), else the SFT model (the newest complete stage that has one)."""
     manifest = io.read_manifest(out, "iterate")
     if manifest and io.is_complete(out, "iterate") and manifest.get("metrics", {}).get("final_model"):
         return io.join(out, "iterate", manifest["metrics"]["final_model"])

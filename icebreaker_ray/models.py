@@ -287,6 +287,24 @@ class TextEncoder:
     def dim(self) -> int:
         return int(self.model.get_embedding_dimension())
 
+    @contextlib.contextmanager
+    def scoped(self):
+        """Forget, on exit, every text first embedded inside the block.
+
+        A text's embedding moves in the last bits with the batch it is encoded in (padding
+        and batch shape change the float path), and the cache keeps whichever batch came
+        first. In a Ray Data actor that is whichever block the scheduler handed it first,
+        so without a scope a user's scores depend on actor/block order; a list search on
+        near-ties then picks other lists run to run. Inside ``with enc.scoped():`` what is
+        embedded depends only on the texts given there (and what was cached before the
+        block, e.g. at actor start), so the result is the same whichever actor runs it.
+        """
+        saved = dict(self._cache)
+        try:
+            yield self
+        finally:
+            self._cache = saved
+
     def __call__(self, texts) -> np.ndarray:
         texts = list(texts)
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))

@@ -136,3 +136,70 @@ def test_topic_classifier_recognizes_unseen_catalog_phrasing():
     assert accuracy > 0.75
     cats = clf.categories_per_list([texts[:2], [], texts[2:5]])
     assert [len(c) for c in cats] == [2, 0, 3]
+
+
+def test_table1_statistics_intervals_and_paired_tests():
+    from icebreaker_ray.eval.stage import table1_statistics
+
+    users = np.array([f"u{i:03d}" for i in range(200)], dtype=object)
+    rng = np.random.default_rng(0)
+
+    def terms(p_click):
+        return {"user_id": users, "r_user_f": (p_click > 0.2).astype(float), "r_score_f": p_click - 0.2,
+                "r_user_oracle": (p_click > 0.2).astype(float), "r_score_oracle": p_click - 0.2,
+                "mean_f": p_click, "oracle_p_click": p_click}
+
+    sft = rng.uniform(0.1, 0.3, 200)
+    got = table1_statistics({"SFT": terms(sft), "SFT+DPO": terms(sft.copy()),
+                             "ICEBREAKER": terms(sft + 0.05)}, n_boot=300, seed=0)
+    assert got["users"] == 200
+    ci = got["intervals"]["SFT"]["mean_oracle_ctr"]
+    assert ci["ci_low"] < sft.mean() < ci["ci_high"] and ci["n_users"] == 200
+    better = got["paired"]["ICEBREAKER vs SFT"]["mean_oracle_ctr"]
+    assert better["diff"] == pytest.approx(0.05) and better["p_value"] < 0.01 and better["ci_low"] > 0
+    same = table1_statistics({"ICEBREAKER": terms(sft), "SFT+DPO": terms(sft.copy())}, 300, 0)
+    tie = same["paired"]["ICEBREAKER vs SFT+DPO"]["r_score_oracle"]
+    assert tie["diff"] == 0 and tie["p_value"] == 1.0 and tie["ci_low"] <= 0 <= tie["ci_high"]
+    assert "ICEBREAKER vs SFT" not in same["paired"]  # no SFT row, no test
+    with pytest.raises(ValueError, match="same users"):
+        table1_statistics({"SFT": terms(sft), "ICEBREAKER": {**terms(sft), "user_id": users[::-1]}}, 100, 0)
+
+
+def test_report_shows_intervals_graded_users_and_the_promoted_round():
+    cfg = load_config("configs/quick.yaml")
+    results = _results()
+    results["config"].update(graded_users=212, max_users=250)
+    ci = {"mean": 0.3, "ci_low": 0.25, "ci_high": 0.35, "n_users": 212}
+    results["table1_stats"] = {
+        "users": 212, "n_boot": 1000, "confidence": 0.95,
+        "intervals": {"ICEBREAKER": {k: ci for k in ("r_user_f", "r_score_f", "r_user_oracle",
+                                                     "r_score_oracle", "mean_oracle_ctr")}},
+        "paired": {"ICEBREAKER vs SFT": {"mean_oracle_ctr": {"diff": 0.021, "ci_low": 0.004, "ci_high": 0.04,
+                                                             "p_value": 0.012, "n_users": 212}}}}
+    results["promotion"] = {"promoted_round": 0, "model": "dpo/model",
+                            "reason": "No self-reinforced round was promoted (round 1 refused: x)."}
+    results["rounds"][0]["gate"] = {
+        "validation_users": 24, "promoted": False, "reason": "refused: format pass 6.2% < 35.9% − 2.0 pts",
+        "candidate": {"format_pass_rate": 0.062, "relevance": 0.31},
+        "incumbent": {"format_pass_rate": 0.359, "relevance": 0.42}}
+    md = render_markdown(results, cfg)
+    assert "**212 held-out users graded** per method (`eval.max_users` = 250)" in md
+    assert "| ICEBREAKER | 30.0% [25.0, 35.0] | 30.0% [25.0, 35.0] |" in md
+    assert "| 5.0% [25.0, 35.0] |" in md  # oracle P(click) and its interval
+    assert "| ICEBREAKER vs SFT | – | – | – | – | +2.1 [+0.4, +4.0] p=0.012 |" in md
+    assert "ICEBREAKER is the promoted generator: **round 0 (the `dpo` stage's model)**" in md
+    assert "| 1 | 24 | 6.2% vs 35.9% | 0.310 vs 0.420 | no | refused: format pass 6.2%" in md
+    # without the statistics (an older metrics.json) the tables still render
+    assert "| ICEBREAKER | 30.0% | 30.0% | 15.0% |" in render_markdown(_results(), cfg)
+
+
+def test_eval_users_are_not_capped_below_max_users():
+    from icebreaker_ray.eval.stage import eval_users
+
+    interests = {f"u{i:05d}": ["x"] for i in range(2000)}
+    cfg = load_config("configs/quick.yaml", ["eval.max_users=250"])
+    users = eval_users(interests, cfg, cfg.eval.max_users)
+    assert len(users) == 250 and users == sorted(users) == eval_users(interests, cfg, 250)
+    everyone = eval_users(interests, cfg, None)
+    assert len(everyone) > 300 and set(users) <= set(everyone)  # ~20% of 2,000 held out
+    assert load_config("configs/local-cpu.yaml").eval.max_users >= 200

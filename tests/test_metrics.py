@@ -13,6 +13,7 @@ import pytest
 from icebreaker_ray.eval.metrics import (
     LiftResult,
     auc,
+    bootstrap_mean,
     bootstrap_relative_lift,
     format_pass_rate,
     keyword_sets,
@@ -20,10 +21,13 @@ from icebreaker_ray.eval.metrics import (
     mean_recall_at_k,
     online_metrics,
     online_per_user,
+    paired_difference,
     precision_recall_f1,
     r_score,
+    r_score_values,
     r_score_with_count,
     r_user,
+    r_user_values,
     recall_at_k,
     semantic_diversity,
 )
@@ -505,3 +509,62 @@ def test_ratio_of_sums_ci_coverage() -> None:
     # SE of the CTR difference ~ sqrt(2*0.11*0.89/3000) = 0.0081 -> effect 0.02 is 2.5 SE
     # -> power ~70%; require a majority
     assert rejected / 100 >= 0.5
+
+
+# ---------------------------------------------------------------------------
+# Table 1 statistics: per-user terms, bootstrap intervals, paired tests
+# ---------------------------------------------------------------------------
+
+
+def test_per_user_terms_average_to_r_user_and_r_score() -> None:
+    gen = [[0.3, 0.1], [0.1], [0.4, 0.4], [0.2]]
+    base = [[0.2], [0.2], [0.0], [0.1, 0.1]]
+    np.testing.assert_array_equal(r_user_values(gen, base), [0.0, 0.0, 1.0, 1.0])
+    rel = r_score_values(gen, base)
+    np.testing.assert_allclose(rel[[0, 1, 3]], [0.0, -0.5, 1.0])
+    assert np.isnan(rel[2])  # zero baseline: skipped
+    assert r_user(gen, base) == 0.5
+    assert r_score_with_count(gen, base) == pytest.approx((0.5 / 3, 1))
+
+
+def test_bootstrap_mean_hand_case_and_seed() -> None:
+    res = bootstrap_mean([1.0, 1.0, 1.0], n_boot=50)
+    assert (res.mean, res.ci_low, res.ci_high, res.n_users) == (1.0, 1.0, 1.0, 3)
+    x = np.random.default_rng(0).normal(0.2, 1.0, 400)
+    res = bootstrap_mean(x, n_boot=1000, seed=3)
+    assert res.ci_low < x.mean() < res.ci_high
+    # half-width ~ 1.96 sd / sqrt(n)
+    assert (res.ci_high - res.ci_low) / 2 == pytest.approx(1.96 * x.std() / 20, rel=0.15)
+    assert bootstrap_mean(x, n_boot=200, seed=3) == bootstrap_mean(x, n_boot=200, seed=3)
+    skipped = bootstrap_mean([np.nan, 2.0, 4.0], n_boot=100)
+    assert skipped.mean == 3.0 and skipped.n_users == 2
+    assert math.isnan(bootstrap_mean([np.nan], n_boot=100).mean)
+
+
+def test_paired_difference_identical_methods() -> None:
+    a = np.random.default_rng(1).uniform(size=200)
+    res = paired_difference(a, a.copy(), n_boot=500, seed=0)
+    assert res.diff == 0.0 and res.ci_low <= 0.0 <= res.ci_high
+    assert res.p_value == 1.0 and res.n_users == 200
+
+
+def test_paired_difference_better_on_every_user() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.uniform(size=200)
+    b = a + rng.uniform(0.01, 0.05, size=200)  # B beats A on every user
+    res = paired_difference(a, b, n_boot=500, seed=0)
+    assert res.diff == pytest.approx(float((b - a).mean()))
+    assert 0.0 < res.ci_low < res.diff < res.ci_high
+    assert res.p_value == pytest.approx(1 / 501)  # the smallest attainable p
+    # swapped arms: the same p, the interval mirrored
+    back = paired_difference(b, a, n_boot=500, seed=0)
+    assert back.p_value == res.p_value and back.ci_high < 0
+    # a user with a nan term (R-Score's zero baseline) leaves both arms
+    assert paired_difference([np.nan, *a], [1.0, *b], n_boot=100).n_users == 200
+
+
+def test_paired_difference_no_difference_in_noise() -> None:
+    rng = np.random.default_rng(4)
+    p = [paired_difference(rng.normal(size=60), rng.normal(size=60), n_boot=300, seed=i).p_value
+         for i in range(40)]
+    assert np.mean(np.asarray(p) < 0.05) <= 0.15 and 0.3 < np.mean(p) < 0.7  # ~uniform under H0

@@ -2,6 +2,7 @@
 fall into disjoint ranker slices.
 
     is_holdout("u0000042", fraction=0.2, seed=0)   # -> True or False, stable across runs
+    hash_fraction("u0000042", "0:validation")      # a second, independent split key in [0, 1)
     log_slice(["r1", "r2"], slices=2)              # -> array([0, 1]) or so, stable
 """
 
@@ -13,10 +14,16 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def hash_fraction(user_id: str, seed: int | str = 0) -> float:
+    """A stable pseudo-uniform number in [0, 1) from a hash of (seed, user id); different
+    seeds give independent splits of the same users."""
+    digest = hashlib.sha256(f"{seed}:{user_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def is_holdout(user_id: str, fraction: float, seed: int = 0) -> bool:
     """True for about ``fraction`` of users, decided by a hash of (seed, user id)."""
-    digest = hashlib.sha256(f"{seed}:{user_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return hash_fraction(user_id, seed) < fraction
 
 
 def log_slice(request_ids: Sequence[str], slices: int = 2) -> np.ndarray:

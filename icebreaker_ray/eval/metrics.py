@@ -17,6 +17,9 @@ Online (App. B.1.2)
     :func:`online_per_user`, :func:`online_metrics` (Active, eq. 11–13).
 Statistics for the simulated A/B test (Table 2)
     :class:`LiftResult`, :func:`bootstrap_relative_lift`.
+Statistics for the offline comparison (Table 1), same bootstrap and sign-flip test
+    :func:`r_user_values`, :func:`r_score_values` (per-user terms of eq. 9, 10),
+    :class:`MeanCI`, :func:`bootstrap_mean`, :class:`PairedDiff`, :func:`paired_difference`.
 
 Conventions: a function raises ``ValueError`` on empty input or on inputs of
 mismatched length; a quantity that is undefined for valid input (an AUC with a
@@ -38,7 +41,13 @@ __all__ = [
     "LiftResult",
     "PRF",
     "auc",
+    "MeanCI",
+    "PairedDiff",
+    "bootstrap_mean",
     "bootstrap_relative_lift",
+    "paired_difference",
+    "r_score_values",
+    "r_user_values",
     "format_pass_rate",
     "keyword_sets",
     "lexical_diversity",
@@ -92,8 +101,22 @@ def r_user(gen_scores: Sequence[ArrayLike], base_scores: Sequence[ArrayLike]) ->
         ValueError: no users, different numbers of users, or a user with an
             empty score list.
     """
+    return float(np.mean(r_user_values(gen_scores, base_scores)))
+
+
+def r_user_values(gen_scores: Sequence[ArrayLike], base_scores: Sequence[ArrayLike]) -> NDArray[np.float64]:
+    """Per-user terms of R-User (eq. 9): 1.0 where f̄(G_u) > f̄(R_u), else 0.0; their
+    mean is :func:`r_user`, their bootstrap the interval of Table 1."""
     gen_mean, base_mean = _per_user_means(gen_scores, base_scores)
-    return float(np.mean(gen_mean > base_mean))
+    return (gen_mean > base_mean).astype(float)
+
+
+def r_score_values(gen_scores: Sequence[ArrayLike], base_scores: Sequence[ArrayLike]) -> NDArray[np.float64]:
+    """Per-user terms of R-Score (eq. 10): (f̄(G_u) − f̄(R_u)) / |f̄(R_u)|, ``nan`` for a
+    user with a zero baseline (skipped); their ``nanmean`` is :func:`r_score`."""
+    gen_mean, base_mean = _per_user_means(gen_scores, base_scores)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(base_mean != 0.0, (gen_mean - base_mean) / np.abs(base_mean), np.nan)
 
 
 def r_score_with_count(
@@ -117,13 +140,12 @@ def r_score_with_count(
     Raises:
         ValueError: as for :func:`r_user`.
     """
-    gen_mean, base_mean = _per_user_means(gen_scores, base_scores)
-    keep = base_mean != 0.0
+    rel = r_score_values(gen_scores, base_scores)
+    keep = ~np.isnan(rel)
     n_skipped = int((~keep).sum())
     if not keep.any():
         return math.nan, n_skipped
-    rel = (gen_mean[keep] - base_mean[keep]) / np.abs(base_mean[keep])
-    return float(rel.mean()), n_skipped
+    return float(rel[keep].mean()), n_skipped
 
 
 def r_score(gen_scores: Sequence[ArrayLike], base_scores: Sequence[ArrayLike]) -> float:
@@ -578,10 +600,7 @@ def bootstrap_relative_lift(
             f"paired bootstrap needs the same users in both arms: {a_num.size} vs {b_num.size}"
         )
 
-    def ratio(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.float64]:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return num / den
-
+    ratio = _ratio
     m_a = ratio(np.array(a_num.sum()), np.array(a_den.sum()))
     m_b = ratio(np.array(b_num.sum()), np.array(b_den.sum()))
     lift = float(ratio(m_b, m_a) - 1.0) if m_a != 0 else math.nan
@@ -601,44 +620,130 @@ def bootstrap_relative_lift(
             rep = np.where(ma != 0, mb / np.where(ma != 0, ma, 1.0) - 1.0, np.nan)
         boot.append(rep)
     reps = np.concatenate(boot)
-    alpha = 1.0 - confidence
-    if np.isnan(lift) or np.all(np.isnan(reps)):
-        ci_low = ci_high = math.nan
-    else:
-        ci_low, ci_high = (
-            float(q) for q in np.nanpercentile(reps, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-        )
+    ci_low, ci_high = (math.nan, math.nan) if np.isnan(lift) else _percentile_ci(reps, confidence)
 
     # --- permutation p-value ----------------------------------------------
+    if paired:
+        p_value = _sign_flip_p(a_num, a_den, b_num, b_den, t_obs, n_perm, rng)
+        return LiftResult(lift=lift, ci_low=ci_low, ci_high=ci_high, p_value=float(p_value),
+                          n_users=int(na))
+    # unpaired: shuffle the arm labels of the pooled users
     exceed = 0
     tol = 1e-12 * max(1.0, abs(t_obs))  # count exact ties as extreme
-    if paired:
-        d_num, d_den = b_num - a_num, b_den - a_den
-        sa_num, sa_den = a_num.sum(), a_den.sum()
-        sb_num, sb_den = b_num.sum(), b_den.sum()
-        for rows in _chunk_rows(n_perm, na):
-            swap = rng.integers(0, 2, size=(rows, na)).astype(float)
-            # swapping user i moves d_i from B's totals into A's
-            ma = ratio(sa_num + swap @ d_num, sa_den + swap @ d_den)
-            mb = ratio(sb_num - swap @ d_num, sb_den - swap @ d_den)
-            t = mb - ma
-            exceed += int(np.sum(np.abs(t) >= abs(t_obs) - tol))
-    else:
-        pool_num = np.concatenate([a_num, b_num])
-        pool_den = np.concatenate([a_den, b_den])
-        for rows in _chunk_rows(n_perm, na + nb):
-            perm = rng.permuted(np.tile(np.arange(na + nb), (rows, 1)), axis=1)
-            pa, pb = perm[:, :na], perm[:, na:]
-            ma = ratio(pool_num[pa].sum(axis=1), pool_den[pa].sum(axis=1))
-            mb = ratio(pool_num[pb].sum(axis=1), pool_den[pb].sum(axis=1))
-            t = mb - ma
-            exceed += int(np.sum(np.abs(t) >= abs(t_obs) - tol))
+    pool_num = np.concatenate([a_num, b_num])
+    pool_den = np.concatenate([a_den, b_den])
+    for rows in _chunk_rows(n_perm, na + nb):
+        perm = rng.permuted(np.tile(np.arange(na + nb), (rows, 1)), axis=1)
+        pa, pb = perm[:, :na], perm[:, na:]
+        ma = ratio(pool_num[pa].sum(axis=1), pool_den[pa].sum(axis=1))
+        mb = ratio(pool_num[pb].sum(axis=1), pool_den[pb].sum(axis=1))
+        t = mb - ma
+        exceed += int(np.sum(np.abs(t) >= abs(t_obs) - tol))
     p_value = (1 + exceed) / (1 + n_perm)
+    return LiftResult(lift=lift, ci_low=ci_low, ci_high=ci_high, p_value=float(p_value),
+                      n_users=int(na + nb))
 
-    return LiftResult(
-        lift=lift,
-        ci_low=ci_low,
-        ci_high=ci_high,
-        p_value=float(p_value),
-        n_users=int(na if paired else na + nb),
-    )
+
+def _ratio(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.float64]:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return num / den
+
+
+def _percentile_ci(reps: NDArray[np.float64], confidence: float) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates (``nan`` replicates ignored)."""
+    if np.all(np.isnan(reps)):
+        return math.nan, math.nan
+    alpha = 1.0 - confidence
+    low, high = np.nanpercentile(reps, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def _sign_flip_p(a_num: NDArray[np.float64], a_den: NDArray[np.float64], b_num: NDArray[np.float64],
+                 b_den: NDArray[np.float64], t_obs: float, n_perm: int,
+                 rng: np.random.Generator) -> float:
+    """Two-sided paired permutation p-value of T = Σb_num/Σb_den − Σa_num/Σa_den: each
+    replicate swaps user i's A and B values with probability 1/2 (sign flip);
+    p = (1 + #{|T*| >= |T_obs|}) / (1 + n_perm), exact ties counted as extreme."""
+    exceed = 0
+    tol = 1e-12 * max(1.0, abs(t_obs))
+    d_num, d_den = b_num - a_num, b_den - a_den
+    sa_num, sa_den = a_num.sum(), a_den.sum()
+    sb_num, sb_den = b_num.sum(), b_den.sum()
+    for rows in _chunk_rows(n_perm, a_num.size):
+        swap = rng.integers(0, 2, size=(rows, a_num.size)).astype(float)
+        # swapping user i moves d_i from B's totals into A's
+        ma = _ratio(sa_num + swap @ d_num, sa_den + swap @ d_den)
+        mb = _ratio(sb_num - swap @ d_num, sb_den - swap @ d_den)
+        exceed += int(np.sum(np.abs(mb - ma) >= abs(t_obs) - tol))
+    return (1 + exceed) / (1 + n_perm)
+
+
+# ---------------------------------------------------------------------------
+# Intervals and paired tests for the offline comparison (Table 1)
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """A mean over users with its 95% (``confidence``) percentile bootstrap interval."""
+
+    mean: float
+    ci_low: float
+    ci_high: float
+    n_users: int
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """Mean of B − A over the same users: bootstrap interval and sign-flip p-value."""
+
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n_users: int
+
+
+def _finite_users(*arrays: ArrayLike) -> list[NDArray[np.float64]]:
+    """The arrays restricted to the users (positions) where every one of them is finite:
+    a user skipped by one per-user term (R-Score's zero baseline) drops out of all."""
+    arrs = [np.asarray(a, dtype=float).ravel() for a in arrays]
+    if len({a.size for a in arrs}) != 1:
+        raise ValueError(f"length mismatch: {[a.size for a in arrs]} users")
+    keep = np.logical_and.reduce([np.isfinite(a) for a in arrs])
+    return [a[keep] for a in arrs]
+
+
+def bootstrap_mean(values: ArrayLike, n_boot: int = 2000, seed: int = 0,
+                   confidence: float = 0.95) -> MeanCI:
+    """Mean of per-user ``values`` (``nan`` entries = skipped users) with a percentile
+    bootstrap interval: ``n_boot`` resamples of the users with replacement from
+    ``numpy.random.default_rng(seed)``. All ``nan``: every figure ``nan``, 0 users."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    (x,) = _finite_users(values)
+    if x.size == 0:
+        return MeanCI(math.nan, math.nan, math.nan, 0)
+    rng = np.random.default_rng(seed)
+    reps = np.concatenate([x[rng.integers(0, x.size, size=(rows, x.size))].mean(axis=1)
+                           for rows in _chunk_rows(n_boot, x.size)])
+    low, high = _percentile_ci(reps, confidence)
+    return MeanCI(float(x.mean()), low, high, int(x.size))
+
+
+def paired_difference(a_per_user: ArrayLike, b_per_user: ArrayLike, n_boot: int = 2000,
+                      seed: int = 0, *, n_perm: int | None = None,
+                      confidence: float = 0.95) -> PairedDiff:
+    """B − A on the same users (user i in position i of both): the mean difference, its
+    paired bootstrap interval (:func:`bootstrap_mean` of the per-user differences) and the
+    two-sided sign-flip permutation p-value of :func:`bootstrap_relative_lift` (``n_perm``
+    defaults to ``n_boot``). Users where either value is ``nan`` are left out of both.
+    Identical arms give diff 0, an interval [0, 0] and p = 1."""
+    a, b = _finite_users(a_per_user, b_per_user)
+    if a.size == 0:
+        return PairedDiff(math.nan, math.nan, math.nan, math.nan, 0)
+    ci = bootstrap_mean(b - a, n_boot, seed, confidence)
+    ones = np.ones_like(a)
+    p = _sign_flip_p(a, ones, b, ones, float(b.mean() - a.mean()), n_boot if n_perm is None else n_perm,
+                     np.random.default_rng([seed, 1]))
+    return PairedDiff(ci.mean, ci.ci_low, ci.ci_high, float(p), int(a.size))

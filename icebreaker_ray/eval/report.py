@@ -36,7 +36,16 @@ def _lift(row: Mapping[str, Any] | None) -> str:
             f"p={row['p_value']:.3f}")
 
 
-def _quality_table(rows: Mapping[str, Mapping[str, Any]], first: str) -> str:
+def _ci(row: Mapping[str, Any], key: str, intervals: Mapping[str, Mapping[str, Any]] | None) -> str:
+    """A Table 1 cell: the figure, then its 95% bootstrap interval when there is one."""
+    ci = (intervals or {}).get(key)
+    if not ci or ci.get("ci_low") is None or math.isnan(ci["ci_low"]):
+        return _f(row[key], pct=True)
+    return f"{_f(row[key], pct=True)} [{100 * ci['ci_low']:.1f}, {100 * ci['ci_high']:.1f}]"
+
+
+def _quality_table(rows: Mapping[str, Mapping[str, Any]], first: str,
+                   intervals: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> str:
     head = (f"| {first} | R-User (f) | R-Score (f) | R-User (oracle) | R-Score (oracle) | f − oracle gap "
             "| oracle P(click) | lexical div. | semantic div. | format pass | full K lists |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|")
@@ -45,14 +54,43 @@ def _quality_table(rows: Mapping[str, Mapping[str, Any]], first: str) -> str:
         if "skipped" in r:
             lines.append(f"| {name} | {r['skipped']} |" + " |" * 10)
             continue
+        ci = (intervals or {}).get(name)
         lines.append(
-            f"| {name} | {_f(r['r_user_f'], pct=True)} | {_f(r['r_score_f'], pct=True)} "
-            f"| {_f(r['r_user_oracle'], pct=True)} | {_f(r['r_score_oracle'], pct=True)} "
-            f"| {_f(r['hacking_gap'], pct=True)} | {_f(r['mean_oracle_ctr'], pct=True)} "
+            f"| {name} | {_ci(r, 'r_user_f', ci)} | {_ci(r, 'r_score_f', ci)} "
+            f"| {_ci(r, 'r_user_oracle', ci)} | {_ci(r, 'r_score_oracle', ci)} "
+            f"| {_f(r['hacking_gap'], pct=True)} | {_ci(r, 'mean_oracle_ctr', ci)} "
             f"| {_f(r['lexical_diversity'], 2)} "
             f"| {_f(r['semantic_diversity'], 2)} | {_f(r.get('format_pass_rate'), pct=True)} "
             f"| {_f(r['full_lists'], pct=True)} |")
     return "\n".join(lines)
+
+
+_TABLE1_FIGURES = (("r_user_f", "R-User (f)"), ("r_score_f", "R-Score (f)"),
+                   ("r_user_oracle", "R-User (oracle)"), ("r_score_oracle", "R-Score (oracle)"),
+                   ("mean_oracle_ctr", "oracle P(click)"))
+
+
+def _paired_table(stats: Mapping[str, Any] | None) -> str:
+    """Paired tests of Table 1 (eval.stage.table1_statistics): difference in points."""
+    if not stats or not stats.get("paired"):
+        return ""
+    head = ("| comparison | " + " | ".join(label for _, label in _TABLE1_FIGURES) + " |\n|---|"
+            + "---|" * len(_TABLE1_FIGURES))
+    rows = [head]
+    for name, figures in stats["paired"].items():
+        cells = []
+        for key, _ in _TABLE1_FIGURES:
+            d = figures.get(key, {})
+            if d.get("diff") is None or math.isnan(d["diff"]):
+                cells.append("–")
+                continue
+            cells.append(f"{100 * d['diff']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}] "
+                         f"p={d['p_value']:.3f}")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return ("Paired tests over the same graded users: mean per-user difference (points), its 95%\n"
+            f"paired bootstrap interval ({stats['n_boot']} resamples of the users) and a two-sided\n"
+            "sign-flip permutation p-value (R-Score: users with a zero baseline left out).\n\n"
+            + "\n".join(rows) + "\n\n")
 
 
 def _ab_table(table2: Mapping[str, Mapping[str, Any]]) -> str:
@@ -136,6 +174,43 @@ def _ranker_section(ranker: Mapping[str, Mapping[str, Any]] | None) -> str:
             "| ranker | kind | members | train clicks / impressions | test clicks / impressions | "
             "click AUC | popularity AUC | MLP AUC | features AUC |\n"
             "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
+def _graded_users(results: Mapping[str, Any]) -> str:
+    c = results["config"]
+    n = c.get("graded_users", next(iter(results["table1"].values()), {}).get("users"))
+    cap = c.get("max_users")
+    return (f"**{n} held-out users graded** per method"
+            + (f" (`eval.max_users` = {cap})." if cap else " (all held-out users with trigger interests)."))
+
+
+def _promoted_text(promotion: Mapping[str, Any] | None) -> str:
+    """Which generator is ICEBREAKER, from the iterate stage's round gate."""
+    if not promotion:
+        return ""
+    r = promotion.get("promoted_round")
+    name = "round 0 (the `dpo` stage's model)" if r == 0 else f"round {r}"
+    return (f"ICEBREAKER is the promoted generator: **{name}**. {promotion.get('reason', '')}\n\n")
+
+
+def _gate_table(rounds: list[Mapping[str, Any]]) -> str:
+    """The round gate of each self-reinforced round (search.iterate): candidate vs incumbent."""
+    gated = [r for r in rounds if r.get("gate")]
+    if not gated:
+        return ""
+    lines = ["Round gate (validation users, never graded here and never mined in a round): a round is",
+             "promoted only if it is not worse than the generator it would replace on format pass rate",
+             "and on relevance to the user's trigger interests (eval-free: neither f nor the oracle).", "",
+             "| round | validation users | format pass: candidate vs incumbent "
+             "| relevance: candidate vs incumbent | promoted | reason |",
+             "|---|---|---|---|---|---|"]
+    for r in gated:
+        g = r["gate"]
+        cand, inc = g.get("candidate", {}), g.get("incumbent", {})
+        lines.append(
+            f"| {r['round']} | {g.get('validation_users', '–')} "
+            f"| {_f(cand.get('format_pass_rate'), pct=True)} vs {_f(inc.get('format_pass_rate'), pct=True)} "
+            f"| {_f(cand.get('relevance'))} vs {_f(inc.get('relevance'))} "
+            f"| {'yes' if g.get('promoted') else 'no'} | {g.get('reason', '')} |")
+    return "\n".join(lines) + "\n"
 
 
 def render_markdown(results: Mapping[str, Any], cfg: Config) -> str:
@@ -160,7 +235,11 @@ learned grader over-rates a method (reward hacking shows up as a large positive 
 
 ## Table 1: offline comparison (held-out users)
 
-{_quality_table(t1, "method")}
+{_graded_users(results)} Utility figures with a 95% bootstrap interval over users in brackets.
+
+{_quality_table(t1, "method", (results.get("table1_stats") or {}).get("intervals"))}
+
+{_paired_table(results.get("table1_stats"))}{_promoted_text(results.get("promotion"))}
 
 ![utility-diversity frontier](frontier.png)
 
@@ -188,6 +267,8 @@ learned grader over-rates a method (reward hacking shows up as a large positive 
 ## Self-reinforced rounds
 
 {_rounds_table(results.get('rounds', []))}
+
+{_gate_table(results.get('rounds', []))}
 
 {_pairs_section(results.get('pairs_vs_oracle'))}{_ranker_section(results.get('ranker'))}## Topic distribution (Fig. 3 analogue)
 

@@ -12,13 +12,15 @@ list per user through Ray Data (``isg.batch.generate_many``, one pass for all me
 | PE+RID | base generator | trigger interests I* |
 | SFT | ``sft/model`` | I* |
 | SFT+DPO | ``dpo/vanilla-model`` (pairs from logged clicks only) | I* |
-| ICEBREAKER | the last self-reinforced round | I* |
+| ICEBREAKER | the promoted generator (``iterate``'s round gate; round 0 if none passed) | I* |
 
 and is compared with the deployed retrieval baseline R_u on the same users:
 R-User (eq. 9) and R-Score (eq. 10) under the evaluation ranker f (``train-ranker/eval``,
 trained on a slice of logs the optimized ranker never saw) and under the simulator's
 true click probability; lexical and semantic diversity; the format pass rate. A slot the
-generator could not fill scores 0. Ablations: distillation strategy (Table 6), round
+generator could not fill scores 0. The utility figures get 95% bootstrap intervals over
+users and ICEBREAKER is tested against SFT+DPO and SFT, paired over the same users
+(:func:`table1_statistics`); ``eval.max_users`` caps the graded users (None: all). Ablations: distillation strategy (Table 6), round
 (Table 7), negative type (Table 9, ``eval.negative_ablation``). The A/B test (Table 2)
 continues the world from where the logs end with one arm per method.
 
@@ -58,6 +60,12 @@ from icebreaker_ray.sim.rollout import (
 
 AB_METRICS = (("active_days", "Active days"), ("avg_sessions", "Sessions / user"),
               ("ctr", "CTR"), ("csr", "Conversation start rate"))
+#: Table 1's utility figures that get a 95% bootstrap interval: (per-user term, row key).
+INTERVAL_FIGURES = (("r_user_f", "r_user_f"), ("r_score_f", "r_score_f"),
+                    ("r_user_oracle", "r_user_oracle"), ("r_score_oracle", "r_score_oracle"),
+                    ("oracle_p_click", "mean_oracle_ctr"))
+#: Paired tests of Table 1 (method, against), over the same graded users.
+PAIRED_TESTS = (("ICEBREAKER", "SFT+DPO"), ("ICEBREAKER", "SFT"))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -152,28 +160,71 @@ class Grader:
         probs = oracle_click_probabilities(self.state, {u: s for u, s in lists.items() if s})
         return {u: self._pad(probs.get(u, np.zeros(0))) for u in lists}
 
-    def grade(self, lists: Mapping[str, Sequence[str]], base: Mapping[str, Sequence[str]],
-              base_f: Mapping[str, np.ndarray], base_oracle: Mapping[str, np.ndarray],
-              corpus: Sequence[str]) -> dict[str, float]:
+    def per_user(self, lists: Mapping[str, Sequence[str]], base_f: Mapping[str, np.ndarray],
+                 base_oracle: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The per-user terms of the utility figures, users in sorted order (``user_id``):
+        R-User and R-Score under f and the oracle (``nan`` = skipped: a zero baseline, or no
+        oracle), the mean f score and the oracle P(click) of the list. Their means are
+        Table 1's figures; their bootstrap, its intervals and paired tests."""
         users = sorted(lists)
         f, o = self.f_scores(lists), self.oracle_scores(lists)
         gf, bf = [f[u] for u in users], [base_f[u] for u in users]
         go, bo = [o[u] for u in users], [base_oracle[u] for u in users]
-        r_score_f = M.r_score(gf, bf)
+        nan = np.full(len(users), np.nan)
         graded = self.state is not None
-        r_score_o = M.r_score(go, bo) if graded else float("nan")
+        return {
+            "user_id": np.asarray(users, dtype=object),
+            "r_user_f": M.r_user_values(gf, bf), "r_score_f": M.r_score_values(gf, bf),
+            "r_user_oracle": M.r_user_values(go, bo) if graded else nan,
+            "r_score_oracle": M.r_score_values(go, bo) if graded else nan,
+            "mean_f": np.array([x.mean() for x in gf]),
+            "oracle_p_click": np.array([x.sum() for x in go]),
+        }
+
+    def grade(self, lists: Mapping[str, Sequence[str]], base: Mapping[str, Sequence[str]],
+              base_f: Mapping[str, np.ndarray], base_oracle: Mapping[str, np.ndarray],
+              corpus: Sequence[str], terms: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+        """Table 1's row for ``lists``; ``terms``: :meth:`per_user` of them, if already computed."""
+        users = sorted(lists)
+        t = terms if terms is not None else self.per_user(lists, base_f, base_oracle)
+
+        def mean(key: str) -> float:
+            kept = t[key][~np.isnan(t[key])]
+            return float(kept.mean()) if kept.size else float("nan")
+
+        r_score_f, r_score_o = mean("r_score_f"), mean("r_score_oracle")
         starters = [list(lists[u]) for u in users]
         return {
             "users": len(users),
-            "r_user_f": M.r_user(gf, bf), "r_score_f": r_score_f,
-            "r_user_oracle": M.r_user(go, bo) if graded else float("nan"), "r_score_oracle": r_score_o,
+            "r_user_f": mean("r_user_f"), "r_score_f": r_score_f,
+            "r_user_oracle": mean("r_user_oracle"), "r_score_oracle": r_score_o,
             "hacking_gap": r_score_f - r_score_o,
-            "mean_f": float(np.mean([x.mean() for x in gf])),
-            "mean_oracle_ctr": float(np.mean([x.sum() for x in go])),
+            "mean_f": float(np.mean(t["mean_f"])),
+            "mean_oracle_ctr": float(np.mean(t["oracle_p_click"])),
             "lexical_diversity": M.lexical_diversity(starters, corpus=corpus),
             "semantic_diversity": M.semantic_diversity(self.topics.categories_per_list(starters)),
             "full_lists": float(np.mean([len(s) >= self.k for s in starters])),
         }
+
+
+def table1_statistics(terms: Mapping[str, Mapping[str, np.ndarray]], n_boot: int,
+                      seed: int) -> dict[str, Any]:
+    """95% bootstrap intervals of Table 1's utility figures (users resampled as units, the
+    same resamples for every method: one seed) and the paired tests of
+    :data:`PAIRED_TESTS` (:func:`~icebreaker_ray.eval.metrics.paired_difference`: mean
+    per-user difference, its bootstrap interval, sign-flip permutation p-value). ``terms``:
+    :meth:`Grader.per_user` of each method, all on the same users."""
+    orders = {name: tuple(t["user_id"]) for name, t in terms.items()}
+    if len(set(orders.values())) > 1:
+        raise ValueError("Table 1 statistics need every method graded on the same users")
+    intervals = {name: {row_key: vars(M.bootstrap_mean(t[key], n_boot, seed))
+                        for key, row_key in INTERVAL_FIGURES}
+                 for name, t in terms.items()}
+    paired = {f"{a} vs {b}": {row_key: vars(M.paired_difference(terms[b][key], terms[a][key], n_boot, seed))
+                              for key, row_key in INTERVAL_FIGURES}
+              for a, b in PAIRED_TESTS if a in terms and b in terms}
+    users = len(next(iter(orders.values()), ()))
+    return {"users": users, "n_boot": n_boot, "confidence": 0.95, "intervals": intervals, "paired": paired}
 
 
 # ----------------------------------------------------------------------------- the A/B test
@@ -349,9 +400,9 @@ class Evaluation:
         slates = policy(list(users), self.history, self.state.day if self.state else 0)
         return {u: s.starters for u, s in zip(users, slates, strict=True)}
 
-    def grade(self, table: pa.Table, base, base_f, base_o, corpus) -> dict[str, Any]:
+    def grade(self, table: pa.Table, base, base_f, base_o, corpus, terms=None) -> dict[str, Any]:
         lists = as_dict(table)
-        return {**self.grader.grade(lists, {u: base[u] for u in lists}, base_f, base_o, corpus),
+        return {**self.grader.grade(lists, {u: base[u] for u in lists}, base_f, base_o, corpus, terms),
                 "format_pass_rate": complete_share(table),
                 "ok_share": float(np.mean([r == "ok" for r in table.column("reason").to_pylist()]))}
 
@@ -373,12 +424,14 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
     writer = io.StageWriter(out, "evaluate")
     e = cfg.eval
     results: dict[str, Any] = {"config": {"holdout_fraction": e.holdout_fraction, "ab_days": e.ab_days,
-                                          "num_candidates": e.num_candidates, "K": cfg.generation.K}}
+                                          "num_candidates": e.num_candidates, "K": cfg.generation.K,
+                                          "max_users": e.max_users}}
     ev = Evaluation(cfg, out)
     users = eval_users(ev.interests, cfg, e.max_users)
     if not users:
         raise io.DataError("evaluate: no held-out users with trigger interests "
                            "(raise eval.holdout_fraction or simulate more users)")
+    results["config"]["graded_users"] = len(users)
     base = ev.baseline(users)
     base_f, base_o = ev.grader.f_scores(base), ev.grader.oracle_scores(base)
 
@@ -404,10 +457,14 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
         tables[name] = ev.generate(uri, source, users)
     corpus = [s for t in tables.values() for x in t.column("starters").to_pylist() for s in x] + \
              [s for v in base.values() for s in v]
-    table1 = {"R_u (retrieval)": ev.grader.grade(base, base, base_f, base_o, corpus)}
+    terms = {"R_u (retrieval)": ev.grader.per_user(base, base_f, base_o)}
+    terms.update({name: ev.grader.per_user(as_dict(t), base_f, base_o) for name, t in tables.items()})
+    table1 = {"R_u (retrieval)": ev.grader.grade(base, base, base_f, base_o, corpus,
+                                                 terms["R_u (retrieval)"])}
     for name, table in tables.items():
-        table1[name] = ev.grade(table, base, base_f, base_o, corpus)
+        table1[name] = ev.grade(table, base, base_f, base_o, corpus, terms[name])
     results["table1"] = table1
+    results["table1_stats"] = table1_statistics(terms, e.n_boot, cfg.run.seed)
 
     # Ablations (Tables 6, 7, 9) on ab_users.
     grade = lambda uri, source: ev.grade(ev.generate(uri, source, ab_users),  # noqa: E731
@@ -432,7 +489,9 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
     # What the report shows beside the tables.
     results["topics"] = _topic_shares(ev, users, tables["ICEBREAKER"])
     results["examples"] = _examples(ev, users, base, as_dict(tables["ICEBREAKER"]), e.examples)
-    results["rounds"] = (io.read_manifest(out, "iterate") or {}).get("metrics", {}).get("rounds", [])
+    iterated = (io.read_manifest(out, "iterate") or {}).get("metrics", {})
+    results["rounds"] = iterated.get("rounds", [])
+    results["promotion"] = iterated.get("promotion")
     if ev.state is not None:
         results["pairs_vs_oracle"] = pairs_vs_oracle(cfg, out, results["rounds"])
     results["stages"] = _stage_times(out)

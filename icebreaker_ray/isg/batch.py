@@ -76,7 +76,8 @@ class ListGenerator:
         models = set(batch.column("model").to_pylist())
         if len(models) != 1:
             raise ValueError(f"a generation batch must name one model, got {sorted(models)}")
-        out = self._sample(models.pop(), batch)
+        with self.encoder.scoped():  # the filter's embeddings depend on this batch only
+            out = self._sample(models.pop(), batch)
         return out.append_column("job", batch.column("job"))
 
     def _sample(self, model_dir: str, batch: pa.Table) -> pa.Table:

@@ -15,23 +15,40 @@ stage's model) and:
 4. runs DPO from the latest generator (also the reference) on the pairs accumulated over
    all rounds, round 0's included.
 
+5. the round gate (``iterate.gate``): the round's model is promoted only if, on the
+   validation users, it is not worse than the generator it would replace (the incumbent)
+   on format pass rate and on relevance to the users' trigger interests, within
+   ``iterate.format_tolerance`` / ``iterate.relevance_tolerance`` (see :func:`gate_figures`
+   for why these two). A refused round is kept on disk (Table 7 grades it) but the
+   incumbent stays: the next round deploys, mines from and trains on top of it.
+
+Validation users (:func:`validation_users`): ``iterate.validation_users`` non-held-out
+users picked by a second hash split; no self-reinforced round mines or deploys to them,
+and evaluation never grades them (they are not held out).
+
 Writes ``OUT/iterate/round-<r>/`` (``model/``, ``util/``, ``candidates``, ``preference_pairs``,
-the fresh ``impressions`` and ``sessions``) and ``rounds.json``, one metrics row per round.
-The manifest's ``final_model`` names the last round's generator. With your own logs
-(``data.source`` a path) there is no world to deploy in: the rounds mine and train on
-the logs there are, and fresh feedback comes from the server's event store instead.
+the fresh ``impressions`` and ``sessions``) and ``rounds.json``, one metrics row per round
+(with ``gate``: both generators' gate figures, ``promoted``, ``reason``). The manifest's
+``promotion`` says which round is promoted and why, and ``final_model`` names the promoted
+round's generator, ``None`` when no round passed (round 0's ``dpo/model`` stays: see
+:func:`icebreaker_ray.layout.promoted_generator`). With your own logs (``data.source`` a
+path) there is no world to deploy in: the rounds mine and train on the logs there are,
+and fresh feedback comes from the server's event store instead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
-from icebreaker_ray.isg.batch import complete_share, generate_lists
+from icebreaker_ray.data.splits import hash_fraction, is_holdout
+from icebreaker_ray.isg.batch import complete_share, generate_lists, generate_many
 from icebreaker_ray.isg.stage import MODEL_DIR, dpo_round
 from icebreaker_ray.raykit import init_ray, node_id
 from icebreaker_ray.search.mine import pools_from_lists, search_pairs
@@ -62,6 +79,77 @@ def _refit_ranker(cfg: Config, writer: io.StageWriter, sessions: pa.Table, users
     return writer.path(relative), metrics
 
 
+# ----------------------------------------------------------------------------- the round gate
+
+
+def validation_users(interests: Mapping[str, Sequence[str]], cfg: Config) -> list[str]:
+    """The round gate's validation slice: ``iterate.validation_users`` users that are not
+    held out (``eval.holdout_fraction``: the graded users are never looked at here), those
+    with the smallest key of a second hash split (seed ``"<run.seed>:validation"``,
+    independent of the held-out split), sorted. Stable across runs and rounds."""
+    pool = [u for u in interests if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed)]
+    pool.sort(key=lambda u: (hash_fraction(u, f"{cfg.run.seed}:validation"), u))
+    return sorted(pool[: cfg.iterate.validation_users])
+
+
+def gate_figures(lists: pa.Table, interests: Mapping[str, Sequence[str]], encoder, k: int) -> dict[str, Any]:
+    """The gate's figures of one generator's lists on the validation users.
+
+    - ``format_pass_rate``: share of sampled lists that parsed and passed the rule filter
+      with K starters (:func:`~icebreaker_ray.isg.batch.complete_share`).
+    - ``relevance``: mean over users of the mean over the K slots of each starter's best
+      cosine similarity to the user's trigger interests I*; a slot left empty scores 0.
+
+    Why relevance to I* and not the ``util`` ranker's utility: the round was optimized
+    against that ranker (its list search chose the DPO pairs by it), so its scores rise by
+    construction, reward hacking included (issue 17: a round that won under the learned
+    grader and lost under the truth). The evaluation ranker f and the oracle are the
+    grades of the final report and must not pick the model. Similarity to I* needs only
+    the sentence embedder and the round's own inputs, is blind to the reward the round
+    chased, and drops when a round drifts off the user's interests or stops writing
+    parseable lists (empty slots), the two ways rounds have failed here.
+    """
+    users = lists.column("user_id").to_pylist()
+    values = []
+    for uid, starters in zip(users, lists.column("starters").to_pylist(), strict=True):
+        slots = np.zeros(k)
+        if starters and interests.get(uid):
+            sims = encoder(list(starters)[:k]) @ encoder(list(interests[uid])).T
+            slots[: sims.shape[0]] = sims.max(axis=1)
+        values.append(float(slots.mean()))
+    return {"users": len(users), "format_pass_rate": complete_share(lists),
+            "relevance": float(np.mean(values)) if values else 0.0}
+
+
+def gate_decision(candidate: Mapping[str, float], incumbent: Mapping[str, float],
+                  format_tolerance: float, relevance_tolerance: float) -> tuple[bool, str]:
+    """Promote ``candidate`` unless it is worse than ``incumbent`` by more than a tolerance
+    on format pass rate or on relevance; the reason names the figures that decided."""
+    failed = []
+    c, i = candidate["format_pass_rate"], incumbent["format_pass_rate"]
+    if c < i - format_tolerance:
+        failed.append(f"format pass {100 * c:.1f}% < {100 * i:.1f}% − {100 * format_tolerance:.1f} pts")
+    cr, ir = candidate["relevance"], incumbent["relevance"]
+    if cr < ir - relevance_tolerance:
+        failed.append(f"relevance {cr:.3f} < {ir:.3f} − {relevance_tolerance:.3f}")
+    if failed:
+        return False, "refused: " + "; ".join(failed)
+    return True, (f"not worse: format pass {100 * c:.1f}% vs {100 * i:.1f}%, "
+                  f"relevance {cr:.3f} vs {ir:.3f}")
+
+
+def _promotion(rows: Sequence[Mapping[str, Any]], promoted_round: int) -> dict[str, Any]:
+    """The manifest's summary: the promoted round, its model (relative to the run) and why."""
+    steps = "; ".join(f"round {r['round']} {r['gate']['reason']}" for r in rows)
+    if promoted_round:
+        model = f"iterate/{rows[promoted_round - 1]['model']}"
+        reason = f"Round {promoted_round} is the last round promoted ({steps})."
+    else:
+        model = "dpo/model"
+        reason = f"No self-reinforced round was promoted, round 0's DPO model stays ({steps})."
+    return {"promoted_round": promoted_round, "model": model, "reason": reason}
+
+
 def _ctr(impressions: pa.Table) -> float:
     clicked = impressions.column("clicked").to_pylist()
     return sum(clicked) / len(clicked) if clicked else float("nan")
@@ -82,12 +170,29 @@ def iterate(cfg: Config, out: str) -> dict[str, Any]:
         from icebreaker_ray.sim.rollout import deploy, load_state, restrict, save_state
 
         state = load_state(out, cfg)
+    it = cfg.iterate
+    held_back: list[str] = []
+    if it.gate:
+        from icebreaker_ray.models import TextEncoder
+
+        interests = layout.trigger_interests(out)
+        held_back = validation_users(interests, cfg)
+        validation = pa.table({"user_id": held_back, "interests": [interests[u] for u in held_back]},
+                              schema=pa.schema([("user_id", pa.string()),
+                                                ("interests", pa.list_(pa.string()))]))
+        encoder = TextEncoder(cfg.models.embedder)
+    incumbent: dict[str, Any] | None = None  # the gate figures of the generator in use
+    promoted_round = 0
     rows: list[dict[str, Any]] = []
     generator = io.absolute(layout.dpo_generator(out))  # actors and workers load it
-    for r in range(1, cfg.iterate.rounds + 1):
+    for r in range(1, it.rounds + 1):
         here = round_dir(r)
-        requests = mining_requests(out, cfg, r)
-        lists = generate_lists(requests, generator, cfg)
+        requests = mining_requests(out, cfg, r, exclude=held_back)
+        if it.gate and incumbent is None:  # round 0's model on the validation users, same pass
+            lists, checked = generate_many([(generator, requests), (generator, validation)], cfg)
+            incumbent = gate_figures(checked, interests, encoder, cfg.generation.K)
+        else:
+            lists = generate_lists(requests, generator, cfg)
         row: dict[str, Any] = {"round": r, "users": lists.num_rows,
                                "format_pass_rate": complete_share(lists)}
         if state is not None:
@@ -120,9 +225,25 @@ def iterate(cfg: Config, out: str) -> dict[str, Any]:
         row["dpo"] = dpo_round(cfg, writer, accumulated.to_pylist(), generator,
                                f"{here}/{MODEL_DIR}", f"iterate-{r}")
         row["model"] = f"{here}/{MODEL_DIR}"
-        generator = io.absolute(writer.path(row["model"]))
+        candidate = io.absolute(writer.path(row["model"]))
+        if it.gate:
+            figures = gate_figures(generate_lists(validation, candidate, cfg), interests, encoder,
+                                   cfg.generation.K)
+            promoted, reason = gate_decision(figures, incumbent, it.format_tolerance,
+                                             it.relevance_tolerance)
+            row["gate"] = {"validation_users": len(held_back), "candidate": figures,
+                           "incumbent": incumbent, "incumbent_round": promoted_round,
+                           "promoted": promoted, "reason": reason}
+        else:
+            promoted = True
+            row["gate"] = {"promoted": True, "reason": "promoted: iterate.gate is false"}
+        if promoted:
+            generator, promoted_round = candidate, r
+            incumbent = row["gate"].get("candidate")
         rows.append(row)
     writer.write_json("rounds.json", rows)
-    return writer.commit(metrics={"rounds": rows, "final_model": rows[-1]["model"]},
+    promotion = _promotion(rows, promoted_round)
+    final = rows[promoted_round - 1]["model"] if promoted_round else None
+    return writer.commit(metrics={"rounds": rows, "promotion": promotion, "final_model": final},
                          node_ids=[node_id()])
 

@@ -108,7 +108,8 @@ class ListSearcher:
                                         batch.column("starters").to_pylist(), strict=True):
             if len(pool) < self.params.K:
                 continue
-            emb = self.encoder(pool)
+            with self.encoder.scoped():  # the user's pool alone: the same whichever actor/block
+                emb = self.encoder(pool)
             utility = self._utility(self.ranker, self.features, [uid] * len(pool), pool,
                                     emb, self.kappa)
             rows += pairs_for_user(uid, prompt_for(interests, self.k, self.max_chars), pool,

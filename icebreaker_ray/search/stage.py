@@ -15,6 +15,7 @@ Held-out evaluation users (``eval.holdout_fraction``) are never mined.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,13 @@ from icebreaker_ray.raykit import init_ray, node_id
 from icebreaker_ray.search.mine import prompt_for, sample_candidates, search_pairs
 
 
-def training_users(interests: dict[str, list[str]], cfg: Config, round_: int) -> list[str]:
-    users = sorted(u for u in interests if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed))
+def training_users(interests: dict[str, list[str]], cfg: Config, round_: int,
+                   exclude: Collection[str] = ()) -> list[str]:
+    """The users mined in ``round_``: not held out, not in ``exclude`` (the round gate's
+    validation users), at most ``search.max_users`` of them (a seeded sample per round)."""
+    skip = set(exclude)
+    users = sorted(u for u in interests
+                   if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed) and u not in skip)
     cap = cfg.search.max_users
     if cap is not None and len(users) > cap:
         rng = np.random.default_rng([cfg.run.seed, round_])
@@ -40,11 +46,11 @@ def training_users(interests: dict[str, list[str]], cfg: Config, round_: int) ->
     return users
 
 
-def mining_requests(out: str, cfg: Config, round_: int) -> pa.Table:
+def mining_requests(out: str, cfg: Config, round_: int, exclude: Collection[str] = ()) -> pa.Table:
     interests = trigger_interests(out)
     corpus = io.read_table(io.table_uri(out, "distill-corpus", "sit_corpus"), "sit_corpus")
     teacher = {r["user_id"]: r["starters"] for r in corpus.to_pylist()}
-    users = training_users(interests, cfg, round_)
+    users = training_users(interests, cfg, round_, exclude)
     return pa.table({
         "user_id": users,
         "interests": [interests[u] for u in users],
