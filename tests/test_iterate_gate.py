@@ -144,7 +144,6 @@ def stubbed_run(tmp_path, monkeypatch):
     monkeypatch.setattr(it, "pools_from_lists", pools_from_lists)
     monkeypatch.setattr(it, "search_pairs", lambda *a, **k: empty)
     monkeypatch.setattr(it, "dpo_round", dpo_round)
-    monkeypatch.setattr(it, "local_model", lambda uri, tmp: uri)
     monkeypatch.setattr(it.layout, "trigger_interests", lambda out_: interests)
     monkeypatch.setattr("icebreaker_ray.models.TextEncoder", WordEncoder)
     monkeypatch.setattr(it.io, "read_table", lambda uri, name, allow_empty=False: (
