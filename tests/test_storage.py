@@ -157,7 +157,7 @@ def test_quick_pipeline_through_dpo_on_s3(s3, ray_local, tiny_embedder, tiny_gen
     from icebreaker_ray.config import load_config
     from icebreaker_ray.models import resolve_generator
     from icebreaker_ray.pipeline import default_out, run_stage
-    from icebreaker_ray.reward.ranker import UtilityRanker
+    from icebreaker_ray.reward.ranker import load_ranker
     from icebreaker_ray.rid import scorer
 
     cfg = load_config("configs/quick.yaml", [
@@ -187,7 +187,9 @@ def test_quick_pipeline_through_dpo_on_s3(s3, ray_local, tiny_embedder, tiny_gen
     assert Path(scorer.text_encoder_path(scorer_uri), "modules.json").is_file()
     interests = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests")
     assert interests.num_rows > 0
-    assert UtilityRanker.load(io.join(out, "train-ranker", "util")).hidden == cfg.ranker.hidden
+    util = load_ranker(io.join(out, "train-ranker", "util"))  # a bootstrap ensemble, from S3
+    assert util.kind == "ensemble" and len(util.members) == cfg.ranker.ensemble
+    assert {m.kind for m in util.members} == {cfg.ranker.kind}
     assert Path(resolve_generator(io.join(out, "dpo", "model")), "config.json").is_file()
     # A rerun finds every stage complete in the bucket.
     assert all(run_stage(name, cfg, out).get("skipped") for name in stages)
