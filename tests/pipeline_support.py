@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from icebreaker_ray.data import io
@@ -13,6 +12,8 @@ from icebreaker_ray.pipeline import STAGES
 
 def check_run(out: str | Path) -> dict[str, dict]:
     """Every stage complete, every table valid against its schema, the report whole.
+
+    ``out`` is a local folder or a storage URI (``s3://``).
 
     Returns the manifests by stage name.
     """
@@ -27,12 +28,12 @@ def check_run(out: str | Path) -> dict[str, dict]:
             if name.endswith(".parquet") and kind in SCHEMAS:
                 io.read_table(io.join(out, stage.name, name), kind, allow_empty=True)
         manifests[stage.name] = manifest
-    report = Path(out, "evaluate", "report.md").read_text()
+    report = io.read_bytes(io.join(out, "evaluate", "report.md")).decode()
     for section in REQUIRED_SECTIONS:
         assert f"{section}" in report, f"report.md lacks {section}"
     for figure in FIGURES:
-        assert Path(out, "evaluate", figure).read_bytes()[:4] == b"\x89PNG"
-    results = json.loads(Path(out, "evaluate", "metrics.json").read_text())
+        assert io.read_bytes(io.join(out, "evaluate", figure))[:4] == b"\x89PNG"
+    results = io.read_json(io.join(out, "evaluate", "metrics.json"))
     assert {"R_u (retrieval)", "PE", "PE+RID", "SFT", "ICEBREAKER"} <= set(results["table1"])
     assert set(results["table2"]) >= {"baseline", "ICEBREAKER"}
     return manifests

@@ -1,8 +1,8 @@
 """The storage layer (data/io.py) against a real S3 API: moto's server on 127.0.0.1.
 
 Tables, JSON, bytes and model folders round-trip through ``s3://``; the resonance scorer
-and the utility ranker save to and load from a URI; Ray Train checkpoints there; and the
-quick pipeline runs simulate -> dpo with ``run.storage_path: s3://bucket``.
+and the utility ranker save to and load from a URI; Ray Train checkpoints there. The whole
+quick pipeline with ``run.storage_path: s3://bucket`` runs in tests/test_pipeline_e2e.py.
 """
 
 from __future__ import annotations
@@ -146,63 +146,3 @@ def test_train_storage_hands_ray_train_the_same_filesystem(s3, tmp_path):
     assert kwargs["storage_path"] == f"{s3.removeprefix('s3://')}/_ray_train"
     assert isinstance(kwargs["storage_filesystem"], pafs.S3FileSystem)
     assert io.train_storage("runs/x") == {"storage_path": os.path.abspath("runs/x")}
-
-
-@pytest.mark.slow
-def test_quick_pipeline_through_dpo_on_s3(s3, ray_local, tiny_embedder, tiny_generator):
-    """simulate -> ... -> dpo (the stages before iterate) with every output in S3: the
-    scorer with a fine-tuned encoder, the rankers, SFT/DPO generators exported there and
-    loaded back by the generation actors and Train workers, Ray Train checkpointing there;
-    then the server reads the run from the bucket."""
-    from icebreaker_ray.config import load_config
-    from icebreaker_ray.models import resolve_generator
-    from icebreaker_ray.pipeline import default_out, run_stage
-    from icebreaker_ray.reward.ranker import load_ranker
-    from icebreaker_ray.rid import scorer
-
-    cfg = load_config("configs/quick.yaml", [
-        f"run.storage_path={s3}", "sim.num_users=24", "sim.num_days=10", "sim.impression_days=5",
-        "scorer.finetune_text_encoder=true", f"scorer.text_encoder={tiny_embedder}", "scorer.epochs=2",
-        "ranker.epochs=2",
-        # as in test_pipeline_e2e: a tiny random generator, short runs, teacher-filled pools
-        f"models.generator={tiny_generator}", "sft.max_steps=2", "sft.save_steps=1",
-        "dpo.max_steps=2", "dpo.save_steps=1", "search.max_users=6",
-        "generation.max_new_tokens=48", "search.teacher_mix_ratio=1.0"])
-    out = default_out(cfg)
-    assert out.startswith("s3://")
-    stages = ["simulate", "label-revisits", "train-scorer", "distill-interests", "distill-corpus",
-              "sft", "train-ranker", "mine", "dpo"]
-    for name in stages:
-        run_stage(name, cfg, out)
-        assert io.is_complete(out, name), name
-    print({name: round(io.read_manifest(out, name)["duration_s"], 1) for name in stages})
-    fs, root = io.resolve(out)
-    assert isinstance(fs, pafs.S3FileSystem)
-    # Ray Train wrote its checkpoints to the bucket, through the same endpoint.
-    for stage in ("train-scorer", "sft"):
-        ckpt = io.read_manifest(out, stage)["metrics"]["checkpoint"]
-        assert ckpt.startswith(root) and io.exists(f"s3://{ckpt}"), stage
-    scorer_uri = io.join(out, "train-scorer", "scorer")
-    assert scorer.scorer_config(scorer_uri)["text_encoder"] == "finetuned"
-    assert Path(scorer.text_encoder_path(scorer_uri), "modules.json").is_file()
-    interests = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests")
-    assert interests.num_rows > 0
-    util = load_ranker(io.join(out, "train-ranker", "util"))  # a bootstrap ensemble, from S3
-    assert util.kind == "ensemble" and len(util.members) == cfg.ranker.ensemble
-    assert {m.kind for m in util.members} == {cfg.ranker.kind}
-    assert Path(resolve_generator(io.join(out, "dpo", "model")), "config.json").is_file()
-    # A rerun finds every stage complete in the bucket.
-    assert all(run_stage(name, cfg, out).get("skipped") for name in stages)
-
-    # The server reads the same run from the bucket.
-    from icebreaker_ray.serve.artifacts import event_store_path, locate
-    from icebreaker_ray.serve.components import InterestDistillerCore
-
-    art = locate(cfg, run_dir=out)
-    assert art.generator == io.join(out, "dpo", "model") and art.model_version.startswith("dpo:")
-    assert art.scorer_dir == scorer_uri and art.ranker_dir == io.join(out, "train-ranker", "util")
-    assert art.thresholds_json == io.join(out, "distill-interests", "thresholds.json")
-    core = InterestDistillerCore(cfg, art)
-    assert core.scorer is not None and core.thresholds and core.histories
-    store = event_store_path(cfg, out)
-    assert store.startswith(os.environ["ICEBREAKER_CACHE"]) and "icebreaker-test" in store
