@@ -69,15 +69,15 @@ class Baseline:
     def __init__(self, cfg, model_path: str, candidates: int) -> None:
         import torch
 
-        from icebreaker_ray.isg.filters import SafetyFilter
+        from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
         from icebreaker_ray.isg.generate import GenerationParams
         from icebreaker_ray.models import TextEncoder, load_generator
-        from icebreaker_ray.serve.components import BatchSampler, filter_params
+        from icebreaker_ray.serve.components import BatchSampler
 
         torch.set_num_threads(2)
         model, tok = load_generator(model_path, cfg.models.dtype)
         self.sampler = BatchSampler(model, tok, GenerationParams.from_config(cfg), candidates)
-        self.safety = SafetyFilter(TextEncoder(cfg.models.embedder), filter_params(cfg, cfg.generation.K))
+        self.safety = SafetyFilter(TextEncoder(cfg.models.embedder), FilterParams.from_config(cfg, cfg.generation.K))
         self.k = cfg.generation.K
         self.lock = threading.Lock()
 
@@ -92,7 +92,7 @@ class Baseline:
             [texts] = self.sampler.run(
                 [GenJob([HISTORIES[i % len(HISTORIES)]], self.k, stream=True)],
                 lambda updates: first.append(time.time()) if not first else None)
-            result = select_list(texts, self.safety, self.k)
+            result = select_list(texts, self.safety, self.k, [HISTORIES[i % len(HISTORIES)]])
         end = time.time()
         return {"end": end, "first_token": first[0] if first else end, "valid": len(result.starters)}
 

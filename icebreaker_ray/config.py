@@ -88,6 +88,9 @@ class FilterSection(Section):
     near_dup_threshold: float = Field(default=0.9, gt=0, le=1)
     # Cosine to the sensitive prototypes; 0.45 was tuned on MiniLM (isg/filters.py).
     sensitive_threshold: float = Field(default=0.45, gt=0, le=1)
+    # Words rarer than this Zipf frequency (wordfreq, English) must appear in the texts a
+    # starter was written from, else it is rejected as an invented entity; 0: off.
+    vocab_min_zipf: float = Field(default=2.5, ge=0, le=8)
 
 
 class JudgeSection(Section):

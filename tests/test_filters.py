@@ -18,8 +18,11 @@ from icebreaker_ray.isg.filters import (
     FilterParams,
     SafetyFilter,
     filter_starters,
+    grounding_vocabulary,
+    invented_words,
     is_question_form,
     is_safe,
+    words,
 )
 
 DIM = 512
@@ -375,6 +378,53 @@ def minilm_embed() -> EmbedFn:
         return model.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
 
     return embed
+
+
+# -- invented entities ------------------------------------------------------------------
+
+
+def test_words_and_grounding_vocabulary_hand_case() -> None:
+    assert words("Is SMAPI's FX-6 mod ok?") == ["is", "smapi", "fx", "mod", "ok"]
+    vocab = grounding_vocabulary(["Cosplayers at the anime con"])
+    # every word with its crude stems: "cosplayers" -> cosplayer, cosplay
+    assert {"cosplayers", "cosplayer", "cosplay", "at", "the", "anime", "con"} == set(vocab)
+
+
+def test_invented_words_hand_case() -> None:
+    vocab = grounding_vocabulary(["Modding Stardew Valley with SMAPI"])
+    # FXM is rare English (Zipf 1.1) and not the user's; SMAPI (Zipf 0) is the user's
+    assert invented_words("How do I handle FXM in SMAPI?", vocab, 2.5) == ["fxm"]
+    # ordinary words need no grounding; a plural of a grounded word is grounded
+    assert invented_words("Which podcast covers SMAPIs?", vocab, 2.5) == []
+    assert invented_words("How do I handle FXM in SMAPI?", frozenset(), 2.5) == ["fxm", "smapi"]
+    # the threshold is a Zipf frequency: at 0 nothing is invented
+    assert invented_words("How do I handle FXM in SMAPI?", frozenset(), 0.0) == []
+
+
+def test_filter_rejects_invented_entities_only_with_grounding() -> None:
+    texts = ["How do I handle FXM in SMAPI?", "Which SMAPI mods are worth it?",
+             "Best farm layout for a first year?"]
+    grounded = filter_starters(texts, fake_embed, params(k=4), grounding=["I mod Stardew with SMAPI"])
+    assert grounded.kept == texts[1:]
+    assert grounded.rejected == [(texts[0], "invented_entity")]
+    assert grounded.counts == Counter({"invented_entity": 1})
+    # without grounding texts (e.g. the server's catalog cold-start list) the rule is off
+    assert filter_starters(texts, fake_embed, params(k=4)).kept == texts
+    # ... and with vocab_min_zipf=0 it is off too
+    off = filter_starters(texts, fake_embed, params(k=4, vocab_min_zipf=0.0), grounding=[])
+    assert off.kept == texts
+
+
+def test_generation_grounds_each_user_in_their_own_interests() -> None:
+    from icebreaker_ray.isg.filters import SafetyFilter
+    from icebreaker_ray.isg.generate import select_list
+
+    safety = SafetyFilter(fake_embed, params(k=2))
+    text = "<sug> Which SMAPI mods are worth it? && Best farm layout for a first year? </sug>"
+    assert select_list([text], safety, 2, ["Stardew mods with SMAPI"]).reason == "ok"
+    res = select_list([text], safety, 2, ["Sourdough baking"])
+    assert res.reason == "too_few_valid" and res.rejections["invented_entity"] == 1
+
 
 
 @pytest.mark.integration

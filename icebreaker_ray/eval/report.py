@@ -47,12 +47,12 @@ def _ci(row: Mapping[str, Any], key: str, intervals: Mapping[str, Mapping[str, A
 def _quality_table(rows: Mapping[str, Mapping[str, Any]], first: str,
                    intervals: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> str:
     head = (f"| {first} | R-User (f) | R-Score (f) | R-User (oracle) | R-Score (oracle) | f − oracle gap "
-            "| oracle P(click) | lexical div. | semantic div. | format pass | full K lists |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+            "| oracle P(click) | lexical div. | semantic div. | format pass | invented | full K lists |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for name, r in rows.items():
         if "skipped" in r:
-            lines.append(f"| {name} | {r['skipped']} |" + " |" * 10)
+            lines.append(f"| {name} | {r['skipped']} |" + " |" * 11)
             continue
         ci = (intervals or {}).get(name)
         lines.append(
@@ -61,7 +61,7 @@ def _quality_table(rows: Mapping[str, Mapping[str, Any]], first: str,
             f"| {_f(r['hacking_gap'], pct=True)} | {_ci(r, 'mean_oracle_ctr', ci)} "
             f"| {_f(r['lexical_diversity'], 2)} "
             f"| {_f(r['semantic_diversity'], 2)} | {_f(r.get('format_pass_rate'), pct=True)} "
-            f"| {_f(r['full_lists'], pct=True)} |")
+            f"| {_f(r.get('invented_rate'), pct=True)} | {_f(r['full_lists'], pct=True)} |")
     return "\n".join(lines)
 
 
@@ -232,6 +232,9 @@ gain over it (eq. 9, 10); a mean of per-user ratios, so a few users with a tiny 
 score move it a lot. "Oracle P(click)" is the mean true probability that the user clicks
 any starter of their list: the plainest utility figure. The f − oracle gap is how much the
 learned grader over-rates a method (reward hacking shows up as a large positive gap).
+"Invented" is the share of all parsed starters the filter rejected because a word was
+neither ordinary English nor in the texts the model was prompted with (no shown starter has
+one).
 
 ## Table 1: offline comparison (held-out users)
 

@@ -42,7 +42,7 @@ from icebreaker_ray.data import io
 from icebreaker_ray.data.splits import is_holdout
 from icebreaker_ray.eval import metrics as M
 from icebreaker_ray.eval.topics import TopicClassifier
-from icebreaker_ray.isg.batch import complete_share, generate_many
+from icebreaker_ray.isg.batch import complete_share, generate_many, invented_share
 from icebreaker_ray.isg.generate import GenerationParams
 from icebreaker_ray.isg.stage import dpo_round
 from icebreaker_ray.layout import promoted_generator, round_models, trigger_interests
@@ -404,6 +404,7 @@ class Evaluation:
         lists = as_dict(table)
         return {**self.grader.grade(lists, {u: base[u] for u in lists}, base_f, base_o, corpus, terms),
                 "format_pass_rate": complete_share(table),
+                "invented_rate": invented_share(table),
                 "ok_share": float(np.mean([r == "ok" for r in table.column("reason").to_pylist()]))}
 
 

@@ -45,6 +45,7 @@ LISTS_SCHEMA = pa.schema([
     ("num_candidates", pa.int32()),
     ("num_complete", pa.int32()),
     ("rejections", pa.string()),  # JSON {reason: count} from the rule filter
+    ("num_parsed", pa.int32()),  # starters parsed from all candidates, before the filter
 ])
 
 
@@ -101,6 +102,7 @@ class ListGenerator:
                 "num_candidates": len(res.candidates),
                 "num_complete": len(complete),
                 "rejections": json.dumps(dict(res.rejections), sort_keys=True),
+                "num_parsed": sum(c.parsed for c in res.candidates),
             })
         return pa.Table.from_pylist(rows, schema=LISTS_SCHEMA)
 
@@ -144,6 +146,15 @@ def generate_many(jobs: Sequence[tuple[str, pa.Table]], cfg: Config,
     job_ids = out.column("job").to_numpy(zero_copy_only=False)
     lists = out.drop_columns(["job"])
     return [lists.filter(pa.array(job_ids == j)).sort_by("user_id") for j in range(len(jobs))]
+
+
+def invented_share(lists: pa.Table) -> float:
+    """Share of all parsed starters that the filter rejected as invented entities (words
+    neither ordinary English nor in the prompt's interests; isg/filters.py)."""
+    parsed = sum(n or 0 for n in lists.column("num_parsed").to_pylist())
+    invented = sum(json.loads(r or "{}").get("invented_entity", 0)
+                   for r in lists.column("rejections").to_pylist())
+    return invented / parsed if parsed else 0.0
 
 
 def complete_share(lists: pa.Table) -> float:

@@ -13,6 +13,11 @@ Algorithm 1 line 1), and whatever the server is about to show — goes through
 3. question form: ends with "?" or starts with a request verb ("Recommend ...");
 4. sensitive topics, twice: a keyword regex, and an embedding classifier (cosine to
    :data:`SENSITIVE_PROTOTYPES` >= ``sensitive_threshold``);
+4b. invented entities (when the caller passes ``grounding``, the texts the starters were
+   written from: the user's interests): every word must be ordinary English (Zipf
+   frequency >= ``vocab_min_zipf`` in ``wordfreq``'s English list) or appear in the
+   grounding texts, so "How do I handle FXM in SMAPI?" written for a user who never
+   mentioned either is rejected (App. D's hallucination cases);
 5. duplicates: exact (case/space/punctuation-insensitive) and near-duplicates
    (embedding cosine >= ``near_dup_threshold``), keeping the first;
 6. at most ``k`` kept, in the original order; the rest are ``over_k``.
@@ -35,12 +40,17 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from icebreaker_ray.isg.prompts import FORMAT_TAG_RE, STARTER_SEP
+
+if TYPE_CHECKING:
+    from icebreaker_ray.config import Config
 
 #: ``embed(texts) -> (len(texts), d)`` array of L2-normalized rows.
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
@@ -52,6 +62,7 @@ REASONS = (
     "too_short",
     "not_question",
     "sensitive_keyword",
+    "invented_entity",
     "duplicate",
     "sensitive_semantic",
     "near_duplicate",
@@ -70,6 +81,8 @@ REASONS = (
 # positive; at 0.60: 34/100. The keyword regex runs first and catches explicit ones.
 DEFAULT_SENSITIVE_THRESHOLD = 0.45
 DEFAULT_NEAR_DUP_THRESHOLD = 0.9
+# See "grounding" below for how 2.5 was chosen.
+DEFAULT_VOCAB_MIN_ZIPF = 2.5
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,17 @@ class FilterParams:
     near_dup_threshold: float = DEFAULT_NEAR_DUP_THRESHOLD
     require_question_form: bool = True
     sensitive_threshold: float = DEFAULT_SENSITIVE_THRESHOLD
+    # Words rarer than this (Zipf scale: 3 = once per million words) must come from the
+    # grounding texts; 0 turns the rule off.
+    vocab_min_zipf: float = DEFAULT_VOCAB_MIN_ZIPF
+
+    @classmethod
+    def from_config(cls, cfg: Config, k: int) -> FilterParams:
+        """The ``filter`` section of a config, for lists of ``k`` starters."""
+        f = cfg.filter
+        return cls(k=k, max_chars=f.max_chars, min_chars=f.min_chars,
+                   near_dup_threshold=f.near_dup_threshold,
+                   sensitive_threshold=f.sensitive_threshold, vocab_min_zipf=f.vocab_min_zipf)
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -294,6 +318,61 @@ SENSITIVE_PROTOTYPES = (
 )
 
 
+# -- grounding (invented entities) ------------------------------------------------------
+# A word is grounded when it is ordinary English or the user's own. "Ordinary" is a Zipf
+# frequency (log10 of occurrences per billion words) from wordfreq's English list, which
+# is built from web, subtitle, news and social-media text, so "podcast", "wifi", "anime"
+# and "playlist" are in it (a dictionary such as GCIDE has none of these). The threshold
+# is a trade: at 2.5 "sourdough" (2.78), "MCU" (2.98) and "Coldplay" (3.05) pass without
+# grounding and "FXM" (1.12), "SMAPI" (0), "jujutsu" (1.99) and "Kubernetes" (2.25) need
+# the user to have written them.
+
+_WORD_RE = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")
+_POSSESSIVE_RE = re.compile(r"['\u2019]s$")
+_SUFFIXES = ("s", "es", "ies", "ers", "er", "ing", "ed", "ly")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words of ``text``, possessive 's dropped (letters only; hyphens and
+    digits split words).
+
+    >>> words("Which of FX's FX-6 tracks?")
+    ['which', 'of', 'fx', 'fx', 'tracks']
+    """
+    return [_POSSESSIVE_RE.sub("", w.casefold()) for w in _WORD_RE.findall(text)]
+
+
+def _stems(word: str) -> set[str]:
+    """``word`` and its crude stems ("cosplayers" -> cosplayer, cosplay), for matching a
+    starter's word against the grounding texts' words."""
+    out = {word}
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            stem = word[: -len(suffix)]
+            out.add(stem + "y" if suffix == "ies" else stem)
+    return out
+
+
+def grounding_vocabulary(texts: Iterable[str]) -> frozenset[str]:
+    """Every word of ``texts`` with its stems."""
+    return frozenset(stem for text in texts for w in words(text) for stem in _stems(w))
+
+
+@lru_cache(maxsize=262_144)
+def word_zipf(word: str) -> float:
+    """Zipf frequency of a lower-cased word in English (0 when unseen)."""
+    from wordfreq import zipf_frequency
+
+    return float(zipf_frequency(word, "en"))
+
+
+def invented_words(text: str, vocabulary: frozenset[str], min_zipf: float) -> list[str]:
+    """Words of ``text`` that are neither ordinary English (Zipf >= ``min_zipf``) nor in
+    ``vocabulary`` (from :func:`grounding_vocabulary`)."""
+    return [w for w in words(text)
+            if word_zipf(w) < min_zipf and not (_stems(w) & vocabulary)]
+
+
 def _as_unit_rows(x: np.ndarray, n: int) -> np.ndarray:
     """Validate an embed() result and re-normalize its rows (cheap; guards bad embedders)."""
     arr = np.asarray(x, dtype=np.float32)
@@ -311,8 +390,10 @@ def _dedupe_key(text: str) -> str:
     return re.sub(r"[\W_]+", "", text.casefold())
 
 
-def _rule_reason(text: str, params: FilterParams) -> str | None:
-    """The first embedding-free rule ``text`` breaks, or None."""
+def _rule_reason(text: str, params: FilterParams,
+                 grounded: frozenset[str] | None = None) -> str | None:
+    """The first embedding-free rule ``text`` breaks, or None. ``grounded``: the words of
+    the grounding texts (None: no grounding rule)."""
     if _is_junk(text):
         return "junk"
     if len(text) > params.max_chars:
@@ -323,6 +404,9 @@ def _rule_reason(text: str, params: FilterParams) -> str | None:
         return "not_question"
     if SENSITIVE_KEYWORD_RE.search(text):
         return "sensitive_keyword"
+    if grounded is not None and params.vocab_min_zipf > 0 and invented_words(
+            text, grounded, params.vocab_min_zipf):
+        return "invented_entity"
     return None
 
 
@@ -366,9 +450,16 @@ class SafetyFilter:
             return False
         return bool(self.sensitive_scores([text])[0] < self.params.sensitive_threshold)
 
-    def filter(self, starters: Sequence[str] | None) -> FilterResult:
-        """Filter one starter list; see the module docstring for the rules and their order."""
+    def filter(self, starters: Sequence[str] | None,
+               grounding: Sequence[str] | None = None) -> FilterResult:
+        """Filter one starter list; see the module docstring for the rules and their order.
+
+        ``grounding``: the texts the starters were written from (a user's interests, or
+        the summaries a baseline was prompted with); given, starters with invented words
+        are rejected. None (e.g. the server's catalog cold-start list) skips that rule.
+        """
         p = self.params
+        grounded = None if grounding is None else grounding_vocabulary(grounding)
         result = FilterResult(kept=[], rejected=[], counts=Counter(), k=p.k)
 
         def reject(text: str, reason: str) -> None:
@@ -384,7 +475,7 @@ class SafetyFilter:
         for raw in starters:
             original = raw if isinstance(raw, str) else repr(raw)
             text = _normalize_ws(raw) if isinstance(raw, str) else ""
-            reason = _rule_reason(text, p)
+            reason = _rule_reason(text, p, grounded)
             if reason is None:
                 key = _dedupe_key(text)
                 reason = "duplicate" if key in seen else None
@@ -415,13 +506,14 @@ class SafetyFilter:
 
 
 def filter_starters(
-    starters: Sequence[str] | None, embed: EmbedFn, params: FilterParams
+    starters: Sequence[str] | None, embed: EmbedFn, params: FilterParams,
+    grounding: Sequence[str] | None = None,
 ) -> FilterResult:
     """Apply the rule filter to one list (see module docstring).
 
     Embeds the prototypes on every call; for many lists build one :class:`SafetyFilter`.
     """
-    return SafetyFilter(embed, params).filter(starters)
+    return SafetyFilter(embed, params).filter(starters, grounding)
 
 
 def is_safe(text: str, embed: EmbedFn, params: FilterParams) -> bool:

@@ -49,13 +49,11 @@ class GenerationParams:
 
     @classmethod
     def from_config(cls, cfg: Config) -> GenerationParams:
-        g, f = cfg.generation, cfg.filter
+        g = cfg.generation
         return cls(
             k=g.K, num_candidates=g.num_candidates, temperature=g.temperature, top_p=g.top_p,
-            max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, max_chars=f.max_chars,
-            filter=FilterParams(k=g.K, max_chars=f.max_chars, min_chars=f.min_chars,
-                                near_dup_threshold=f.near_dup_threshold,
-                                sensitive_threshold=f.sensitive_threshold),
+            max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, max_chars=cfg.filter.max_chars,
+            filter=FilterParams.from_config(cfg, g.K),
         )
 
     def filter_params(self) -> FilterParams:
@@ -70,6 +68,7 @@ class Candidate:
     status: str
     kept: list[str]
     complete: bool  # parsed, and K starters passed the filter
+    parsed: int = 0  # starters parsed from the text, before the filter
 
 
 @dataclass
@@ -158,19 +157,23 @@ def sample_chat(
     return out
 
 
-def select_list(texts: Sequence[str], safety: SafetyFilter, k: int) -> GenerationResult:
-    """Parse and filter each candidate; return the first complete one, else a pooled list."""
+def select_list(texts: Sequence[str], safety: SafetyFilter, k: int,
+                grounding: Sequence[str] | None = None) -> GenerationResult:
+    """Parse and filter each candidate; return the first complete one, else a pooled list.
+
+    ``grounding``: the texts the lists were written from (the prompt's interests), for the
+    filter's invented-entity rule."""
     candidates, rejections = [], Counter()
     for text in texts:
         parsed = parse_starters(text)
-        res = safety.filter(parsed.starters)
+        res = safety.filter(parsed.starters, grounding)
         rejections.update(res.counts)
         complete = parsed.status != "empty" and res.complete
-        candidates.append(Candidate(text, parsed.status, res.kept, complete))
+        candidates.append(Candidate(text, parsed.status, res.kept, complete, len(parsed.starters)))
     for c in candidates:
         if c.complete:
             return GenerationResult(c.kept, "ok", candidates, rejections)
-    pooled = safety.filter([s for c in candidates for s in c.kept]).kept
+    pooled = safety.filter([s for c in candidates for s in c.kept], grounding).kept
     reason = "merged" if len(pooled) >= k else "too_few_valid"
     return GenerationResult(pooled[:k], reason, candidates, rejections)
 
@@ -200,7 +203,14 @@ def generate(
         top_p=params.top_p, max_new_tokens=params.max_new_tokens,
         batch_size=params.batch_size, seed=seed,
     )
-    return [select_list(texts, safety, params.k) for texts in samples]
+    return [select_list(texts, safety, params.k, list(x))
+            for texts, x in zip(samples, interests, strict=True)]
+
+
+def invented_rate(results: Sequence[GenerationResult]) -> float:
+    """Share of all parsed starters the filter rejected as invented entities."""
+    parsed = sum(c.parsed for r in results for c in r.candidates)
+    return sum(r.rejections["invented_entity"] for r in results) / max(parsed, 1)
 
 
 def format_pass_rate(results: Sequence[GenerationResult]) -> float:

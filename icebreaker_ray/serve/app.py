@@ -183,8 +183,8 @@ class ListSelector:
                candidates: list[str], k: int, profile: str | None = None) -> list[Pick]:
         return self.core.select(user_id, history, interests, candidates, k, profile)
 
-    def screen(self, shown: list[str], new: list[str]) -> list[str]:
-        return self.core.screen(shown, new)
+    def screen(self, shown: list[str], new: list[str], interests: list[str]) -> list[str]:
+        return self.core.screen(shown, new, interests)
 
     def cold_start(self, k: int) -> list[Pick]:
         return self.core.cold_start(k)

@@ -58,13 +58,6 @@ RANKER_WINDOW = 20
 ANONYMOUS = "anonymous"
 
 
-def filter_params(cfg: Config, k: int) -> FilterParams:
-    f = cfg.filter
-    return FilterParams(k=k, max_chars=f.max_chars, min_chars=f.min_chars,
-                        near_dup_threshold=f.near_dup_threshold,
-                        sensitive_threshold=f.sensitive_threshold)
-
-
 def _read(path: str | None, columns: Sequence[str]) -> pa.Table | None:
     if not path:
         return None
@@ -328,7 +321,7 @@ class ListSelectorCore:
 
         self.cfg = cfg
         self.encoder = encoder or TextEncoder(cfg.models.embedder)
-        self.safety = SafetyFilter(self.encoder, filter_params(cfg, POOL_CAP))
+        self.safety = SafetyFilter(self.encoder, FilterParams.from_config(cfg, POOL_CAP))
         self.ranker = load_ranker(art.ranker_dir) if art.ranker_dir else None
         self.lam = cfg.search.lam
         self.cold = self._cold_start_list(art.impressions_parquet)
@@ -377,9 +370,11 @@ class ListSelectorCore:
 
     # -- generated lists --------------------------------------------------------------
 
-    def screen(self, shown: Sequence[str], new: Sequence[str]) -> list[str]:
-        """Streaming: the starters of ``new`` that pass the filter next to ``shown``."""
-        kept = self.safety.filter([*shown, *new]).kept
+    def screen(self, shown: Sequence[str], new: Sequence[str],
+               interests: Sequence[str]) -> list[str]:
+        """Streaming: the starters of ``new`` that pass the filter next to ``shown``
+        (grounded in the request's trigger ``interests``, as in :meth:`select`)."""
+        kept = self.safety.filter([*shown, *new], interests).kept
         return [s for s in kept if s not in set(shown)]
 
     def utility(self, user_id: str | None, history: Sequence[str], profile: str | None,
@@ -405,7 +400,7 @@ class ListSelectorCore:
                candidates: Sequence[str], k: int, profile: str | None = None) -> list[Pick]:
         """The K-list for one request from its raw candidate texts (never fewer than K)."""
         parsed = [s for text in candidates for s in parse_starters(text).starters]
-        valid = self.safety.filter(parsed).kept
+        valid = self.safety.filter(parsed, interests).kept  # grounded in what the model read
         picks: list[Pick] = []
         if valid:
             emb = self.encoder(valid)

@@ -394,7 +394,8 @@ class StarterService:
                         if upd.first_token:
                             yield line("first_token")
                         if upd.new_starters and len(shown) < k:
-                            for text in await call(self.h.selector.screen, shown, upd.new_starters):
+                            for text in await call(self.h.selector.screen, shown, upd.new_starters,
+                                                        d.interests):
                                 if len(shown) < k:
                                     yield line("starter", text=text, position=len(shown))
                                     shown.append(text)
