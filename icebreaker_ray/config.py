@@ -161,6 +161,13 @@ class GatingSection(Section):
     # Project per-bucket thresholds onto a non-decreasing sequence (paper: tau_b increases
     # with activity) when the independent fits violate it; the raw fits are kept in metrics.
     enforce_monotone: bool = True
+    # Noise RID drops before eq. 4 (rid/noise.py): greetings, functional tasks (cosine to
+    # the functional prototypes >= functional_threshold; > 1 turns it off) and one-offs
+    # (fewer than min_support other sessions of the user within cosine support_threshold;
+    # 0 turns it off).
+    functional_threshold: float = Field(default=0.32, gt=0, le=2)
+    support_threshold: float = Field(default=0.5, ge=-1, le=1)
+    min_support: int = Field(default=1, ge=0)
     # Rule-based baseline (App. C.1): frequency of near-duplicate summaries + recency.
     rule_half_life_days: float = Field(default=7.0, gt=0)
     rule_recency_weight: float = Field(default=0.5, ge=0)

@@ -156,6 +156,22 @@ def _pairs_section(agreement: Mapping[str, Mapping[str, Mapping[str, float]]] | 
             "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
 
 
+def _interests_section(noise: Mapping[str, Any] | None) -> str:
+    """How much of I* is noise by the hidden truth (eval.rid_quality.interest_noise)."""
+    if not noise:
+        return ""
+    rows = [f"| {label} | {v['summaries']} | {_f(v['functional'], pct=True)} | {_f(v['one_off'], pct=True)} "
+            f"| {_f(v['sensitive'], pct=True)} | {_f(v['functional_or_one_off'], pct=True)} |"
+            for label, v in (("all summaries", noise["all_summaries"]),
+                             ("trigger interests I*", noise["trigger_interests"]))]
+    return ("## Trigger interests: noise by the hidden truth\n\n"
+            f"{noise['interests_per_user']:.2f} trigger interests per user. RID drops greetings,\n"
+            "functional tasks and one-off subjects before eq. 4 (`rid/noise.py`); a one-off is a\n"
+            "regular subject the user had in a single session.\n\n"
+            "| | summaries | functional | one-off | sensitive | functional or one-off |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
+
+
 def _ranker_section(ranker: Mapping[str, Mapping[str, Any]] | None) -> str:
     """Held-out click AUC of the util and eval rankers vs popularity (train-ranker)."""
     if not ranker:
@@ -273,7 +289,8 @@ one).
 
 {_gate_table(results.get('rounds', []))}
 
-{_pairs_section(results.get('pairs_vs_oracle'))}{_ranker_section(results.get('ranker'))}## Topic distribution (Fig. 3 analogue)
+{_pairs_section(results.get('pairs_vs_oracle'))}{_ranker_section(results.get('ranker'))}\
+{_interests_section(results.get('interest_noise'))}## Topic distribution (Fig. 3 analogue)
 
 From raw summaries to trigger interests to generated starters, by the topic classifier
 (train accuracy on catalog phrasing {_f(results.get('topic_classifier_train_accuracy'), pct=True)}).

@@ -36,7 +36,7 @@ import pandas as pd
 from icebreaker_ray.config import Config, load_config
 from icebreaker_ray.data import io
 from icebreaker_ray.eval.metrics import auc, mean_recall_at_k, precision_recall_f1
-from icebreaker_ray.rid import gating, judge, scorer
+from icebreaker_ray.rid import gating, judge, noise, scorer
 from icebreaker_ray.rid import stage as rid_stage
 
 TRUTH_DIR = "sim-truth"
@@ -138,6 +138,9 @@ def rid_quality(cfg: Config, out: str, ks=(3, 5), seed: int = 0) -> dict[str, An
         h_sessions.loc[inner_pre, "session_id"].isin(inner_pos).to_numpy(), buckets[inner_pre],
         cfg.gating.num_buckets, cfg.gating.objective, cfg.gating.target_recall, cfg.gating.enforce_monotone)
     rid_scores = scorer.score_rows(model, uid, h_emb, z, profiles)
+    eligible = noise.eligibility_from_config(
+        cfg, uid, h_sessions["summary"].tolist(), h_emb,
+        rid_stage.embed_rows(cfg, list(noise.FUNCTIONAL_PROTOTYPES))["emb"]).eligible
 
     rule = gating.rule_based_scores(uid, h_days, h_emb, cfg.judge.threshold, cfg.gating.rule_half_life_days,
                                     cfg.gating.rule_recency_weight, now_days=cutoff)
@@ -145,7 +148,8 @@ def rid_quality(cfg: Config, out: str, ks=(3, 5), seed: int = 0) -> dict[str, An
         # Non-Distillation scores every summary alike (AUC 0.5); where a ranking is needed
         # (recall@k) its list is the history newest first, as a truncated prompt would read it.
         rid=rid_scores, rule=rule, none=gating.non_distillation_scores(len(uid)), none_rank=h_days,
-        sel_rid=gating.select_interests(rid_scores, uid, buckets, tau.thresholds, cfg.gating.max_interests),
+        sel_rid=gating.select_interests(rid_scores, uid, buckets, tau.thresholds, cfg.gating.max_interests,
+                                        eligible),
         sel_rule=gating.rank_within_user(rule, uid) < cfg.gating.max_interests,
         sel_none=True,
     ).merge(truth[["session_id", "subject", "kind"]], on="session_id", how="left")
@@ -171,6 +175,32 @@ def rid_quality(cfg: Config, out: str, ks=(3, 5), seed: int = 0) -> dict[str, An
             "RID": _method_metrics(d, "rid", "sel_rid", "label", relevant, ks),
         }
     return results
+
+
+def interest_noise(out: str) -> dict[str, Any]:
+    """How much of the run's trigger interests I* (``distill-interests``, the rule every
+    consumer uses: :func:`~icebreaker_ray.rid.gating.trigger_interests`) is noise by the
+    hidden truth, next to the same shares among all summaries: functional tasks,
+    sensitive issues, and one-off subjects (a regular subject the user had only once)."""
+    table = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests").to_pandas()
+    truth = read_truth(out)
+    truth = truth.assign(n=truth.groupby(["user_id", "subject"])["session_id"].transform("size"))
+    df = table.merge(truth[["session_id", "kind", "n"]], on="session_id", how="left")
+    chosen = gating.trigger_interests(df["user_id"].tolist(), df["summary"].tolist(),
+                                      df["score"].to_numpy(), df["selected"].to_numpy())
+    picked = df.drop_duplicates(["user_id", "summary"]).set_index(["user_id", "summary"])
+    rows = picked.loc[[(u, s) for u, texts in chosen.items() for s in texts]]
+
+    def shares(d: pd.DataFrame) -> dict[str, Any]:
+        functional = d["kind"].eq("functional").to_numpy()
+        one_off = (d["kind"].eq("regular") & d["n"].eq(1)).to_numpy()
+        return {"summaries": int(len(d)), "functional": float(functional.mean()) if len(d) else math.nan,
+                "sensitive": float(d["kind"].eq("sensitive").mean()) if len(d) else math.nan,
+                "one_off": float(one_off.mean()) if len(d) else math.nan,
+                "functional_or_one_off": float((functional | one_off).mean()) if len(d) else math.nan}
+
+    return {"all_summaries": shares(df), "trigger_interests": shares(rows),
+            "interests_per_user": float(len(rows) / max(len(chosen), 1))}
 
 
 def markdown_table(res: dict[str, Any], ks=(3, 5)) -> str:

@@ -494,7 +494,10 @@ def evaluate(cfg: Config, out: str) -> dict[str, Any]:
     results["rounds"] = iterated.get("rounds", [])
     results["promotion"] = iterated.get("promotion")
     if ev.state is not None:
+        from icebreaker_ray.eval.rid_quality import interest_noise
+
         results["pairs_vs_oracle"] = pairs_vs_oracle(cfg, out, results["rounds"])
+        results["interest_noise"] = interest_noise(out)
     results["stages"] = _stage_times(out)
     results["ranker"] = ranker_summary(out)
     results["topic_classifier_train_accuracy"] = ev.grader.topics.train_accuracy

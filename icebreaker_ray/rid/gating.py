@@ -104,18 +104,23 @@ def fit_thresholds(scores, labels, buckets, num_buckets: int, objective: str = "
                             bool(enforce_monotone and not monotone), info)
 
 
-def select_interests(scores, user_ids, buckets, thresholds, max_interests: int) -> np.ndarray:
-    """Eq. 4 with a cap: per user, the summaries scoring >= tau_{b(u)}, best ``max_interests``.
+def select_interests(scores, user_ids, buckets, thresholds, max_interests: int,
+                     eligible=None) -> np.ndarray:
+    """Eq. 4 with a cap: per user, the eligible summaries scoring >= tau_{b(u)}, best
+    ``max_interests``. ``eligible`` (default: all) is :mod:`icebreaker_ray.rid.noise`'s mask.
 
-    A user may end with no interest (nothing resonates enough): downstream treats them as
-    cold-start. Ties are broken by row order. Returns a boolean mask over the rows.
+    A user may end with no interest (nothing resonates enough):
+    :func:`trigger_interests` then falls back to their best-scored summary. Ties are broken
+    by row order. Returns a boolean mask over the rows.
     """
     scores = np.asarray(scores, float)
     user_ids = np.asarray(user_ids)
     buckets = np.clip(np.asarray(buckets, int), 0, len(thresholds) - 1)
     tau = np.asarray(thresholds, float)[buckets]
     keep = scores >= tau
-    return keep & (rank_within_user(scores, user_ids) < max_interests)
+    if eligible is not None:
+        keep &= np.asarray(eligible, bool)
+    return keep & (rank_within_user(np.where(keep, scores, -np.inf), user_ids) < max_interests)
 
 
 def trigger_interests(user_ids, summaries, scores, selected) -> dict[str, list[str]]:

@@ -30,7 +30,7 @@ import pyarrow as pa
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.raykit import init_ray, map_actor_pool, node_id, to_numpy
-from icebreaker_ray.rid import gating, judge, scorer
+from icebreaker_ray.rid import gating, judge, noise, scorer
 
 EMBEDDINGS_FILE = "session_embeddings.npz"
 SCORER_DIR = "scorer"
@@ -293,8 +293,11 @@ def distill_interests(cfg: Config, out: str) -> dict[str, Any]:
     model = scorer.load_scorer(scorer_dir)
     t_split = float(scorer.scorer_config(scorer_dir)["t_split_days"])
     summaries = [judge.clean_summary(s, cfg.judge.max_summary_chars) for s in sessions["summary"]]
-    enc = embed_rows(cfg, summaries, scorer_dir=scorer_dir, batch_size=cfg.scorer.score_batch_size,
-                     num_actors=cfg.scorer.num_actors)
+    # The functional prototypes go through the same encoder as the summaries (rid/noise.py).
+    enc = embed_rows(cfg, summaries + list(noise.FUNCTIONAL_PROTOTYPES), scorer_dir=scorer_dir,
+                     batch_size=cfg.scorer.score_batch_size, num_actors=cfg.scorer.num_actors)
+    proto_emb = enc["emb"][len(summaries):]
+    enc = {**enc, "emb": enc["emb"][: len(summaries)], "z": enc["z"][: len(summaries)]}
     profiles = _profile_embeddings(cfg, users, scorer.text_encoder_path(scorer_dir))
     bucket_of = dict(zip(users["user_id"], users["activity_bucket"], strict=True))
     uid = sessions["user_id"].to_numpy()
@@ -311,7 +314,9 @@ def distill_interests(cfg: Config, out: str) -> dict[str, Any]:
                                 cfg.gating.objective, cfg.gating.target_recall, cfg.gating.enforce_monotone)
 
     scores = scorer.score_rows(model, uid, enc["emb"], enc["z"], profiles)
-    selected = gating.select_interests(scores, uid, buckets, tau.thresholds, cfg.gating.max_interests)
+    noise_mask = noise.eligibility_from_config(cfg, uid, summaries, enc["emb"], proto_emb)
+    selected = gating.select_interests(scores, uid, buckets, tau.thresholds, cfg.gating.max_interests,
+                                       noise_mask.eligible)
     table = pa.table({"user_id": uid.astype(str), "session_id": sessions["session_id"].astype(str).to_numpy(),
                       "summary": summaries, "score": scores.astype(np.float64), "selected": selected})
     writer = io.StageWriter(out, "distill-interests")
@@ -324,6 +329,7 @@ def distill_interests(cfg: Config, out: str) -> dict[str, Any]:
         "selected": int(selected.sum()), "interests_per_user": float(per_user.mean()) if per_user.size else 0.0,
         "users_with_no_interest": int((per_user == 0).sum()), "thresholds": tau.thresholds,
         "raw_thresholds_monotone": tau.raw_monotone, "held_out_positives": int(held_labels.sum()),
+        "summaries_by_eligibility": noise_mask.counts(),
     }
     return writer.commit(metrics=metrics,
                          node_ids=[x for x in enc["node_ids"] if x] + [node_id()])

@@ -43,7 +43,7 @@ from icebreaker_ray.isg.generate import GenerationParams
 from icebreaker_ray.isg.parse import parse_starters
 from icebreaker_ray.isg.prompts import generator_messages
 from icebreaker_ray.reward.diversity import marginal_diversity_gains
-from icebreaker_ray.rid import gating, scorer
+from icebreaker_ray.rid import gating, noise, scorer
 from icebreaker_ray.rid.judge import clean_summary
 from icebreaker_ray.serve.artifacts import Artifacts
 
@@ -90,6 +90,7 @@ class InterestDistillerCore:
         # A scorer trained with its own fine-tuned encoder scores that encoder's embeddings.
         self.encoder = encoder or TextEncoder(scorer.text_encoder_path(art.scorer_dir) or cfg.models.embedder)
         self.scorer = scorer.load_scorer(art.scorer_dir) if art.scorer_dir else None
+        self.functional_prototypes = noise.prototype_embeddings(self.encoder)
         self.thresholds: list[float] | None = None
         if art.thresholds_json:
             self.thresholds = io.read_json(art.thresholds_json)["thresholds"]
@@ -156,16 +157,16 @@ class InterestDistillerCore:
         profiles = None
         if profile and self.scorer.config.get("use_profile", True):
             profiles = {uid: self.encoder([clean_summary(profile, self.cfg.judge.max_summary_chars)])[0]}
-        scores = scorer.score_rows(self.scorer, np.array([uid] * len(history)), emb,
-                                   profiles=profiles)
+        uids = np.array([uid] * len(history))
+        scores = scorer.score_rows(self.scorer, uids, emb, profiles=profiles)
+        eligible = noise.eligibility_from_config(self.cfg, uids, history, emb,
+                                                 self.functional_prototypes).eligible
         cap = self.cfg.gating.max_interests
-        if self.thresholds:
-            keep = gating.select_interests(scores, np.array([uid] * len(history)),
-                                           [self.bucket(user_id, len(history))] * len(history),
-                                           self.thresholds, cap)
-        else:
-            keep = gating.rank_within_user(scores, np.array([uid] * len(history))) < cap
-        return gating.trigger_interests([uid] * len(history), history, scores, keep)[uid]
+        # Without fitted thresholds every eligible summary passes; the cap still applies.
+        thresholds = self.thresholds or [-np.inf]
+        keep = gating.select_interests(scores, uids, [self.bucket(user_id, len(history))] * len(history),
+                                       thresholds, cap, eligible)
+        return gating.trigger_interests(uids, history, scores, keep)[uid]
 
 
 # ----------------------------------------------------------------------------- generation
