@@ -65,6 +65,7 @@ def test_quick_pipeline_end_to_end(tmp_path, monkeypatch, s3_bucket, ray_local, 
     # The rest runs on a local copy of the run.
     fs, root = io.resolve(out)
     twin = tmp_path / "twin"
+    twin.mkdir()  # copy_files makes only the subdirectories
     pafs.copy_files(root, str(twin), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     local = str(tmp_path / "run")
     shutil.copytree(twin, local)
