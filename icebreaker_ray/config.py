@@ -166,7 +166,7 @@ class GatingSection(Section):
     # (fewer than min_support other sessions of the user within cosine support_threshold;
     # 0 turns it off).
     functional_threshold: float = Field(default=0.32, gt=0, le=2)
-    support_threshold: float = Field(default=0.5, ge=-1, le=1)
+    support_threshold: float = Field(default=0.6, ge=-1, le=1)
     min_support: int = Field(default=1, ge=0)
     # Rule-based baseline (App. C.1): frequency of near-duplicate summaries + recency.
     rule_half_life_days: float = Field(default=7.0, gt=0)
