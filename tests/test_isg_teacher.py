@@ -206,7 +206,7 @@ def test_sim_teacher_is_deterministic(sim_teacher):
 def test_make_teacher_refuses_sim_on_real_data():
     from icebreaker_ray.config import load_config
 
-    cfg = load_config(None, ["data.source=/data/logs"])
+    cfg = load_config(None, ["data.source=/data/logs", "teacher.backend=sim"])
     with pytest.raises(ValueError, match="simulated data"):
         make_teacher(cfg, fake_embed)
     cfg = load_config(None, ["teacher.backend=openai"])
