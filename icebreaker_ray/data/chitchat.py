@@ -126,7 +126,8 @@ def cut(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     room = text[: max_chars - len(ELLIPSIS)]
-    head = room.rsplit(" ", 1)[0] if " " in room.strip() else room
+    whole = text[len(room)] == " "  # the room ends at a word's end
+    head = room if whole or " " not in room.strip() else room.rsplit(" ", 1)[0]
     return head.rstrip(" ,;:/-") + ELLIPSIS
 
 

@@ -168,6 +168,7 @@ CHAT_FILLERS = frozenset("""
     friend friends family brother sister mom dad life dream home house question questions
     joined start started try tried use used need needed ask asked talk talking chat chatting
     upset sad happy excited tired bored glad mad angry scared
+    weekend morning night week month tomorrow yesterday
 """.split())
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’&+\-]*")
 _CLAUSE = re.compile(r"[.,!?;:/()\[\]\"“”…]+|\s-\s|\band\b|\bor\b|\bbut\b", re.IGNORECASE)
@@ -197,7 +198,8 @@ def candidate_phrases(text: str, max_words: int = 3, max_candidates: int = 64,
                       stop: frozenset[str] | None = None) -> list[str]:
     """Word n-grams (1..``max_words``) of ``text`` that could name a topic: runs of
     consecutive words inside one clause with no stop word or filler among them (as
-    KeyBERT's stop-word-free n-grams), at least one word of 4+ letters; first occurrence
+    KeyBERT's stop-word-free n-grams), at least one word of 4+ letters or an acronym, no
+    lone past tense or adverb; first occurrence
     kept, case-insensitively deduplicated, in text order.
 
     >>> candidate_phrases("i went surfing in Puerto Rico with my best friend!")
@@ -214,7 +216,8 @@ def candidate_phrases(text: str, max_words: int = 3, max_candidates: int = 64,
                     break
                 if any(w.lower().strip("'’") in stop for w in gram):
                     break  # every longer n-gram from here holds the same stop word
-                if not any(len(w) >= 4 and w.isalpha() for w in gram):
+                if not any((len(w) >= 4 and w.isalpha()) or (len(w) >= 2 and w.isupper())
+                           for w in gram):  # a word of 4+ letters, or an acronym ("MCU")
                     continue
                 if n == 1 and gram[0].lower().endswith(("ed", "ly")):
                     continue  # a lone past tense or adverb ("killed", "really") names no topic
