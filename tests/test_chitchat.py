@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -37,7 +37,7 @@ CONVERSATIONS = {
 
 
 def _utc(*args) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 def test_hand_made_conversations_give_the_hand_computed_rows(tmp_path):
