@@ -169,6 +169,7 @@ CHAT_FILLERS = frozenset("""
     joined start started try tried use used need needed ask asked talk talking chat chatting
     upset sad happy excited tired bored glad mad angry scared
     weekend morning night week month tomorrow yesterday
+    doing saying says trying getting making looking thinking coming taking turning
 """.split())
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’&+\-]*")
 _CLAUSE = re.compile(r"[.,!?;:/()\[\]\"“”…]+|\s-\s|\band\b|\bor\b|\bbut\b", re.IGNORECASE)
@@ -188,10 +189,15 @@ TEMPLATES = (
 )
 
 
+def _bare(word: str) -> str:
+    """Lower case without apostrophes, as chat spells it: "I'm" and "im" are one word."""
+    return word.lower().replace("'", "").replace("’", "")
+
+
 def _stop_words() -> frozenset[str]:
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    return frozenset(ENGLISH_STOP_WORDS) | CHAT_FILLERS
+    return frozenset(_bare(w) for w in ENGLISH_STOP_WORDS) | CHAT_FILLERS
 
 
 def candidate_phrases(text: str, max_words: int = 3, max_candidates: int = 64,
@@ -214,7 +220,7 @@ def candidate_phrases(text: str, max_words: int = 3, max_candidates: int = 64,
                 gram = words[i:i + n]
                 if len(gram) < n:
                     break
-                if any(w.lower().strip("'’") in stop for w in gram):
+                if any(_bare(w) in stop for w in gram):
                     break  # every longer n-gram from here holds the same stop word
                 if not any((len(w) >= 4 and w.isalpha()) or (len(w) >= 2 and w.isupper())
                            for w in gram):  # a word of 4+ letters, or an acronym ("MCU")
