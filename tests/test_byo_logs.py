@@ -166,3 +166,18 @@ def test_the_list_search_runs_on_the_click_free_proxy():
     res = hybrid_reward_list_search(utility, pool, ListSearchParams(K=3, J=2, M=4), rng=0)
     assert set(res.best) <= {0, 1, 2, 3} and {0, 2} <= set(res.best)
     assert res.negatives["utility"].v_util < res.v_util
+
+
+def test_cli_prints_the_not_run_message(tmp_path):
+    from typer.testing import CliRunner
+
+    from icebreaker_ray.cli import app
+
+    src = _logs(tmp_path)
+    args = ["--config", "quick", "--out", str(tmp_path / "run"), "--set", f"data.source={src}"]
+    assert CliRunner().invoke(app, ["simulate", *args]).exit_code == 0
+    result = CliRunner().invoke(app, ["train-ranker", *args])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "train-ranker: not run: train-ranker needs clicked and unclicked impressions" in text
+    assert "icebreaker export-impressions --out RUN --to DATA/impressions.parquet" in text

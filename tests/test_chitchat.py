@@ -110,3 +110,23 @@ def test_the_real_data_set():
     assert _utc(2018, 4, 10) < min(ts.to_pylist()) and last < _utc(2018, 11, 18), (first, last)
     io.validate_table(tables.users, "users")
     assert set(tables.sessions.column("user_id").to_pylist()) == set(tables.users.column("user_id").to_pylist())
+
+
+def test_cli_import_chitchat_writes_the_tables_and_a_bad_source_is_one_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from icebreaker_ray.cli import app
+
+    src = tmp_path / "dataset.json"
+    src.write_text(json.dumps(CONVERSATIONS))
+    out = tmp_path / "cc"
+    result = CliRunner().invoke(app, ["import-chitchat", "--out", str(out), "--source", str(src),
+                                      "--max-chars", "40"])
+    assert result.exit_code == 0, result.output
+    assert "2 users, 5 sessions (2 summaries shortened)" in result.output
+    assert io.read_table(str(out / "users.parquet"), "users").num_rows == 2
+    bad = CliRunner().invoke(app, ["import-chitchat", "--out", str(out), "--source", str(tmp_path / "nope.json")])
+    assert bad.exit_code == 2 and "nope.json: no such file" in bad.output
+    none = CliRunner().invoke(app, ["export-impressions", "--out", str(tmp_path / "run"),
+                                    "--to", str(tmp_path / "imp.parquet")])
+    assert none.exit_code == 2 and "no event store there" in none.output
