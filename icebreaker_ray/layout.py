@@ -127,7 +127,7 @@ def not_run(out: str, stage: str, why: str) -> dict[str, Any]:
     away upstream (the logs gain clicks, so ``simulate`` reruns), the fingerprint changes
     and the stage runs for real. ``metrics.not_run`` holds the one-line message.
     """
-    log.warning("%s: not run: %s", stage, why)
+    log.info("%s: not run: %s", stage, why)  # the CLI prints it; the manifest keeps it
     return io.StageWriter(out, stage).commit(metrics={"not_run": why})
 
 
