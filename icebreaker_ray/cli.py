@@ -29,6 +29,7 @@ from icebreaker_ray.pipeline import (
     StageNotBuilt,
     StaleInputs,
     default_out,
+    not_run_reason,
     run_pipeline,
     run_stage,
 )
@@ -97,6 +98,10 @@ def _register_stage(stage: Stage) -> None:
             cfg = _load(config, overrides, address)
             target = out or default_out(cfg)
             manifest = run_stage(stage.name, cfg, target, force=force)
+            why = not_run_reason(manifest)
+            if why:
+                console.print(f"[yellow]{stage.name}[/]: not run: {why}", highlight=False)
+                return
             state = "already complete, skipped" if manifest.get("skipped") else "done"
             console.print(f"[green]{stage.name}[/]: {state} -> {target}/{stage.name}")
 
@@ -137,6 +142,9 @@ def pipeline(
         def show(stage: Stage, status: str, manifest: dict | None) -> None:
             if status == "running":
                 console.print(f"[cyan]>[/] {stage.name} ...")
+            elif status == "not run":
+                console.print(f"[yellow]-[/] {stage.name}: not run: {not_run_reason(manifest)}",
+                              highlight=False)
             else:
                 took = (manifest or {}).get("duration_s")
                 extra = f" in {took:.1f}s" if took and status == "done" else ""
@@ -262,6 +270,60 @@ def serve(
         console.print(f"serve: run {run or '(none: cold-start list and raw summaries only)'}, "
                       f"config {config}", highlight=False)
         run_local(cfg, run_dir=run, model=model, blocking=True)
+
+    _guarded(body)
+
+
+@app.command("import-chitchat")
+def import_chitchat(
+    out: Annotated[str, typer.Option("--out", "-o", help="Directory (or URI) to write users/sessions Parquet into; point data.source at it.")],
+    source: Annotated[str | None, typer.Option(help="The data set's dataset.json or its wheel (default: the installed chitchat-dataset package).")] = None,
+    max_users: Annotated[int | None, typer.Option(help="Keep this many users (a stable sample by id hash; default all).")] = None,
+    max_sessions_per_user: Annotated[int | None, typer.Option(help="Keep each user's most recent sessions only.")] = None,
+    min_sessions: Annotated[int, typer.Option(help="Users with fewer sessions are left out.")] = 2,
+    max_chars: Annotated[int, typer.Option(help="Summary length: the user's longest utterances that fit.")] = 200,
+    config: ConfigOpt = "local-cpu",
+    overrides: SetOpt = None,
+) -> None:
+    """Convert the Chit-Chat Challenge data set (PyPI chitchat-dataset) into bring-your-own
+    users/sessions tables (no impressions: a product before it has starter clicks)."""
+
+    def body() -> None:
+        from icebreaker_ray.data import chitchat
+
+        cfg = _load(config, overrides, None)
+        tables = chitchat.convert(chitchat.load_conversations(source), max_chars=max_chars,
+                                  min_sessions=min_sessions, max_users=max_users,
+                                  max_sessions_per_user=max_sessions_per_user,
+                                  num_buckets=cfg.gating.num_buckets)
+        paths = chitchat.write(tables, out)
+        st = tables.stats
+        console.print(f"chitchat: {st['users']} users, {st['sessions']} sessions "
+                      f"({st['summaries_shortened']} summaries shortened) -> {out}; "
+                      f"stats in {paths['stats']}", highlight=False)
+
+    _guarded(body)
+
+
+@app.command("export-impressions")
+def export_impressions_command(
+    to: Annotated[str, typer.Option("--to", help="Parquet file to write, e.g. DATA/impressions.parquet next to your users/sessions.")],
+    out: Annotated[str | None, typer.Option("--out", "-o", help="The run the server served (its serve/ event store).")] = None,
+    store: Annotated[str | None, typer.Option(help="An event store file instead of the run's.")] = None,
+    config: ConfigOpt = "local-cpu",
+    overrides: SetOpt = None,
+) -> None:
+    """Write the server's logged impressions and clicks as an impressions table, the input
+    that lets the next run train the utility ranker."""
+
+    def body() -> None:
+        from icebreaker_ray.serve.artifacts import event_store_path
+        from icebreaker_ray.serve.store import export_impressions
+
+        cfg = _load(config, overrides, None)
+        path = store or event_store_path(cfg, out or default_out(cfg))
+        rows = export_impressions(path, to)
+        console.print(f"export-impressions: {rows} impressions from {path} -> {to}", highlight=False)
 
     _guarded(body)
 

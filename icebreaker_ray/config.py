@@ -174,7 +174,10 @@ class GatingSection(Section):
 
 
 class TeacherSection(Section):
-    backend: Literal["sim", "hf", "openai"] = "sim"
+    # auto: "sim" on the simulated world, "grounded" (key phrases of the user's own text,
+    # no LLM, CPU) on your own logs; "hf" / "openai" for an LLM teacher (README).
+    # Resolved when the config is loaded, so a run records the backend it used.
+    backend: Literal["auto", "sim", "grounded", "hf", "openai"] = "auto"
     hf_model: str | None = None
     openai_url: str | None = None
     openai_model: str = "teacher"
@@ -365,6 +368,12 @@ class Config(Section):
     iterate: IterateSection = IterateSection()
     eval: EvalSection = EvalSection()
     serve: ServeSection = ServeSection()
+
+    @model_validator(mode="after")
+    def _resolve_teacher(self) -> Config:
+        if self.teacher.backend == "auto":
+            self.teacher.backend = "sim" if self.data.source == "sim" else "grounded"
+        return self
 
     def fingerprint(self, *sections: str) -> str:
         """A short hash of the named sections or dotted settings (all when none): stage

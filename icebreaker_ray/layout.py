@@ -5,6 +5,8 @@ one, and the trigger interests I* every consumer reads.
     layout.scorer_dir("runs/demo")              # runs/demo/train-scorer/scorer
     layout.promoted_generator("runs/demo")      # what evaluate grades as ICEBREAKER and serve serves
     layout.trigger_interests("runs/demo")       # {"u0001": ["Asked about One Piece ...", ...]}
+    layout.missing_clicks("runs/byo")           # "the logs have no impressions" (or None)
+    layout.util_ranker("runs/byo")              # None: no ranker, list search uses the proxy
 
 Stages, the evaluation and the server name stage outputs through these functions, so a
 path is spelled once. Paths may be local or storage URIs (see :mod:`icebreaker_ray.data.io`).
@@ -12,8 +14,13 @@ path is spelled once. Paths may be local or storage URIs (see :mod:`icebreaker_r
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from icebreaker_ray.data import io
 from icebreaker_ray.rid import gating
+
+log = logging.getLogger(__name__)
 
 #: The stage that writes each table (``OUT/<stage>/<table>.parquet``).
 TABLE_STAGE = {
@@ -89,3 +96,53 @@ def trigger_interests(out: str) -> dict[str, list[str]]:
                                     table.column("summary").to_pylist(),
                                     table.column("score").to_numpy(),
                                     table.column("selected").to_numpy(zero_copy_only=False))
+
+
+# ----------------------------------------------------------------------------- before clicks
+
+#: What to do about a run without clicks: the end of every "not run" message.
+NO_CLICKS_TODO = (
+    "serve this run (`icebreaker serve --out RUN`), let users see and click starters, export "
+    "them (`icebreaker export-impressions --out RUN --to DATA/impressions.parquet`, DATA being "
+    "data.source) and rerun the pipeline")
+
+
+def missing_clicks(out: str) -> str | None:
+    """Why the run's logs cannot train a utility ranker (no impressions, or none clicked),
+    or None when they can. Your own logs may have no impressions yet (README: "Your logs,
+    before you have clicks"); the simulated world always has some."""
+    table = io.read_table(table_uri(out, "impressions"), "impressions", allow_empty=True)
+    if table.num_rows == 0:
+        return "the logs have no impressions"
+    if not any(table.column("clicked").to_pylist()):
+        return f"none of the {table.num_rows} logged impressions was clicked"
+    return None
+
+
+def not_run(out: str, stage: str, why: str) -> dict[str, Any]:
+    """Record that ``stage`` did not run, and why, as a complete stage without outputs.
+
+    The manifest is written like any other (``run_stage`` adds the chained fingerprint),
+    so the stages below it are not stale and ``plan`` stays right: once the reason goes
+    away upstream (the logs gain clicks, so ``simulate`` reruns), the fingerprint changes
+    and the stage runs for real. ``metrics.not_run`` holds the one-line message.
+    """
+    log.info("%s: not run: %s", stage, why)  # the CLI prints it; the manifest keeps it
+    return io.StageWriter(out, stage).commit(metrics={"not_run": why})
+
+
+def stage_not_run(out: str, stage: str) -> str | None:
+    """The reason ``stage`` recorded with :func:`not_run`, else None."""
+    manifest = io.read_manifest(out, stage) or {}
+    return manifest.get("metrics", {}).get("not_run")
+
+
+def util_ranker(out: str) -> str | None:
+    """The ``util`` ranker's directory, or None when train-ranker did not run (no clicks):
+    then the list search ranks by the click-free proxy (:mod:`icebreaker_ray.reward.proxy`)."""
+    return None if stage_not_run(out, "train-ranker") else ranker_dir(out, "util")
+
+
+def click_free_message(stage: str, why: str, what: str) -> str:
+    """The one-line "not run" message of a stage that needs clicks."""
+    return f"{stage} needs {what}, and {why}; to get them, {NO_CLICKS_TODO}"

@@ -52,8 +52,10 @@ class Stage:
         """A hash of this stage's own settings (and, for ingest, of the input files)."""
         own = cfg.fingerprint("run", "data", *self.sections)
         if self.name == "simulate" and cfg.data.source != "sim":
-            # Bring-your-own logs: a replaced file at the same path is a change too.
-            own = _hash({"settings": own, "files": io.listing(cfg.data.source)})
+            # Bring-your-own logs: a replaced file at the same path is a change too, and
+            # ingest cuts summaries to judge.max_summary_chars.
+            own = _hash({"settings": own, "files": io.listing(cfg.data.source),
+                         "max_summary_chars": cfg.judge.max_summary_chars})
         return own
 
     def fingerprint(self, cfg: Config, out: str) -> str:
@@ -179,6 +181,12 @@ def plan(cfg: Config, out: str, until: str | None = None) -> list[str]:
     return todo
 
 
+def not_run_reason(manifest: dict[str, Any] | None) -> str | None:
+    """Why a complete stage did not do its work (``metrics.not_run``, written by
+    :func:`icebreaker_ray.layout.not_run`: e.g. train-ranker on logs without clicks)."""
+    return ((manifest or {}).get("metrics") or {}).get("not_run")
+
+
 def run_stage(name: str, cfg: Config, out: str, *, force: bool = False) -> dict[str, Any]:
     """Run one stage unless its outputs are complete for this config and these inputs;
     return its manifest.
@@ -225,8 +233,9 @@ def run_pipeline(
 ) -> list[tuple[str, dict[str, Any]]]:
     """Run every stage in order (through ``until``), skipping finished ones.
 
-    ``on_stage(stage, status, manifest)`` is called with status "running", "done" or
-    "skipped" so a caller can show progress. Stops with :class:`StageNotBuilt` at the
+    ``on_stage(stage, status, manifest)`` is called with status "running", "done",
+    "skipped" (complete already) or "not run" (the stage recorded why it could not run,
+    :func:`not_run_reason`) so a caller can show progress. Stops with :class:`StageNotBuilt` at the
     first stage that has no implementation yet, after running all before it.
     """
     results = []
@@ -235,7 +244,8 @@ def run_pipeline(
             on_stage(stage, "running", None)
         manifest = run_stage(stage.name, cfg, out)
         if on_stage:
-            on_stage(stage, "skipped" if manifest.get("skipped") else "done", manifest)
+            status = "skipped" if manifest.get("skipped") else "done"
+            on_stage(stage, "not run" if not_run_reason(manifest) else status, manifest)
         results.append((stage.name, manifest))
         if stage.name == until:
             break

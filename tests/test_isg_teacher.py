@@ -206,7 +206,7 @@ def test_sim_teacher_is_deterministic(sim_teacher):
 def test_make_teacher_refuses_sim_on_real_data():
     from icebreaker_ray.config import load_config
 
-    cfg = load_config(None, ["data.source=/data/logs"])
+    cfg = load_config(None, ["data.source=/data/logs", "teacher.backend=sim"])
     with pytest.raises(ValueError, match="simulated data"):
         make_teacher(cfg, fake_embed)
     cfg = load_config(None, ["teacher.backend=openai"])
@@ -241,3 +241,74 @@ def test_hf_teacher_samples_with_table4_prompt_and_never_raises(tiny_generator):
     lists = teacher.distill([["One Piece cosplay"], ["sourdough"]])
     assert len(lists) == 2 and all(len(x) <= 20 for x in lists)
     assert teacher.name == f"hf:{tiny_generator}"
+
+
+# ----------------------------------------------------------------------------- grounded
+
+GROUNDED_USERS = {
+    # (interests as a user wrote them, a key phrase of theirs the starters must reuse)
+    "surfer": (["I went surfing in Puerto Rico with one of my best friends",
+                "im saving up for a new longboard, maybe a Firewire"], "Puerto Rico"),
+    "baker": (["Feeding schedule for a sourdough starter",
+               "why did my sourdough loaf come out flat??"], "sourdough"),
+    "fan": (["He's always been my favorite superhero, even before he joined the MCU",
+             "rewatching Avengers Endgame this weekend lol"], "MCU"),
+}
+
+
+@pytest.fixture(scope="module")
+def grounded():
+    from icebreaker_ray.isg.teacher import GroundedTeacher
+    from icebreaker_ray.models import TextEncoder
+
+    return GroundedTeacher(TextEncoder(), FilterParams(k=20, max_chars=64), min_q=8, max_q=12)
+
+
+def test_candidate_phrases_are_the_users_own_stop_word_free_ngrams():
+    from icebreaker_ray.isg.teacher import candidate_phrases
+
+    assert candidate_phrases("lol ok so i went surfing in Puerto Rico, it was awesome") == [
+        "surfing", "Puerto", "Puerto Rico", "Rico"]
+    assert candidate_phrases("hi / Hello? / haha yeah") == []
+
+
+@pytest.mark.integration
+def test_grounded_starters_reuse_the_users_key_phrases_and_pass_the_rules(grounded):
+    from icebreaker_ray.isg.parse import parse_starters
+
+    names = list(GROUNDED_USERS)
+    answers = grounded.complete([GROUNDED_USERS[u][0] for u in names])
+    lists = grounded.distill([GROUNDED_USERS[u][0] for u in names])
+    for name, text, starters in zip(names, answers, lists, strict=True):
+        interests, phrase = GROUNDED_USERS[name]
+        assert text.startswith("<think>") and "</think>" in text  # the Table 4 answer format
+        assert 8 <= len(parse_starters(text).starters) <= 12
+        assert len(starters) >= 8, (name, starters)
+        assert grounded.safety.filter(starters).kept == starters  # filtered already
+        assert all(len(s) <= 64 for s in starters)
+        assert any(phrase.lower() in s.lower() for s in starters), (name, starters)
+        # every starter is built on a phrase taken from this user's own words
+        own = " ".join(interests).lower()
+        phrases = text.split("own words: ", 1)[1].split(". </think>", 1)[0].split(", ")
+        assert all(p.lower() in own for p in phrases), phrases
+        assert all(any(p in s for p in phrases) for s in starters), starters
+    assert grounded.distill([["hi / Hello?"]]) == [[]]  # nothing to build on: no starters
+    assert grounded.distill([GROUNDED_USERS["baker"][0]]) == [lists[1]]  # deterministic
+
+
+@pytest.mark.integration
+def test_grounded_teacher_drops_sensitive_phrases(grounded):
+    [starters] = grounded.distill([["my chemotherapy side effects and cancer diagnosis",
+                                    "Feeding schedule for a sourdough starter"]])
+    assert starters and all("chemo" not in s.lower() and "cancer" not in s.lower() for s in starters)
+    assert any("sourdough" in s.lower() for s in starters)
+
+
+def test_auto_teacher_is_grounded_on_your_own_logs_and_sim_on_the_world():
+    from icebreaker_ray.config import load_config
+    from icebreaker_ray.isg.teacher import GroundedTeacher
+
+    assert load_config(None, []).teacher.backend == "sim"
+    cfg = load_config(None, ["data.source=/data/logs"])
+    assert cfg.teacher.backend == "grounded"
+    assert isinstance(make_teacher(cfg, fake_embed), GroundedTeacher)

@@ -145,6 +145,7 @@ def stubbed_run(tmp_path, monkeypatch):
     monkeypatch.setattr(it, "search_pairs", lambda *a, **k: empty)
     monkeypatch.setattr(it, "dpo_round", dpo_round)
     monkeypatch.setattr(it.layout, "trigger_interests", lambda out_: interests)
+    monkeypatch.setattr(it.layout, "missing_clicks", lambda out_: None)  # logs with clicks
     monkeypatch.setattr("icebreaker_ray.models.TextEncoder", WordEncoder)
     monkeypatch.setattr(it.io, "read_table", lambda uri, name, allow_empty=False: (
         empty if name == "preference_pairs" else pa.table({"user_id": pa.array([], pa.string())})))

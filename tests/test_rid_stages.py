@@ -1,6 +1,6 @@
 """label-revisits -> train-scorer -> distill-interests end to end on Ray (2 CPUs), on a tiny
-simulated world plus bad input: a user without sessions, a one-session user, an empty and
-an enormous summary. Judge and RID quality are checked against the hidden truth."""
+simulated world plus bad input: a user without sessions, a one-session user, an empty
+summary (dropped at ingest) and an enormous one (cut). Judge and RID quality are checked against the hidden truth."""
 
 from __future__ import annotations
 
@@ -58,9 +58,10 @@ def test_revisit_pairs_are_valid_and_linear(world):
     assert m["pairs"] <= world["cfg"].judge.candidates_per_session * m["sessions"]
     df = pairs.to_pandas()
     assert (df.judge == "embedding").all() and 0 < m["matches"] < m["pairs"]
-    # the empty summary never matches; the one-session user has no pairs
-    empty = df[(df.earlier_session_id.str.endswith("-empty")) | (df.later_session_id.str.endswith("-empty"))]
-    assert (empty.label == "NO_MATCH").all()
+    # the empty summary is dropped at ingest (and counted); the one-session user has no pairs
+    dropped = world["manifests"]["simulate"]["metrics"]["dropped"]["blank_summaries"]
+    assert dropped["rows"] == 1 and dropped["session_ids"][0].endswith("-empty")
+    assert not (df.earlier_session_id.str.endswith("-empty") | df.later_session_id.str.endswith("-empty")).any()
     assert not df.user_id.isin(["zz-one", "zz-none"]).any()
     assert m["parse_failures"] == 0 and m["request_failures"] == 0
 

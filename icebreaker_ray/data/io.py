@@ -264,11 +264,14 @@ def train_storage(uri: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- validation
 
 
-def validate_table(table: pa.Table, name: str, source: str = "<table>") -> pa.Table:
+def validate_table(table: pa.Table, name: str, source: str = "<table>", *,
+                   require_tz: bool = False) -> pa.Table:
     """Check ``table`` against the contract of ``name`` and return it in the exact schema.
 
     Safe casts (int64 -> int32, large_string -> string, timestamp units/zones) are applied;
-    anything else raises :class:`DataError` naming ``source`` and the column.
+    anything else raises :class:`DataError` naming ``source`` and the column. With
+    ``require_tz`` (your own logs), a timestamp column without a time zone is an error
+    too instead of being read as UTC: a naive time is ambiguous.
     """
     target = schema(name)
     optional = OPTIONAL.get(name, frozenset())
@@ -283,6 +286,13 @@ def validate_table(table: pa.Table, name: str, source: str = "<table>") -> pa.Ta
                 f"found columns: {', '.join(table.column_names) or 'none'})"
             )
         col = table.column(fld.name)
+        if (require_tz and pa.types.is_timestamp(fld.type) and pa.types.is_timestamp(col.type)
+                and col.type.tz is None):
+            raise DataError(
+                f"{source}: column '{fld.name}' holds timestamps without a time zone ({col.type}); "
+                f"table '{name}' needs them timezone-aware, e.g. pandas "
+                f"`df['{fld.name}'].dt.tz_localize('America/Denver')` or pyarrow "
+                f"`pa.timestamp('ms', tz='UTC')` when they are UTC")
         if col.type != fld.type:
             try:
                 col = col.cast(fld.type, safe=True)
@@ -331,8 +341,10 @@ def _parquet_files(fs: pafs.FileSystem, path: str, uri: str) -> list[str]:
     return files
 
 
-def read_table(uri: str, name: str, *, allow_empty: bool = False) -> pa.Table:
-    """Read a Parquet file, or every ``*.parquet`` under a directory, as table ``name``."""
+def read_table(uri: str, name: str, *, allow_empty: bool = False,
+               require_tz: bool = False) -> pa.Table:
+    """Read a Parquet file, or every ``*.parquet`` under a directory, as table ``name``
+    (``require_tz``: see :func:`validate_table`)."""
     fs, path = resolve(uri)
     parts = []
     for file in _parquet_files(fs, path, uri):
@@ -343,7 +355,7 @@ def read_table(uri: str, name: str, *, allow_empty: bool = False) -> pa.Table:
                 table = pq.read_table(f)
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{file}: not a readable Parquet file ({exc})") from None
-        parts.append(validate_table(table, name, file))
+        parts.append(validate_table(table, name, file, require_tz=require_tz))
     table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     if table.num_rows == 0 and not allow_empty:
         raise DataError(f"{uri}: table '{name}' has no rows")

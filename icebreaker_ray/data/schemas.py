@@ -1,7 +1,8 @@
 """The Parquet data contracts (DESIGN §3): one pyarrow schema per table.
 
-Bring-your-own-data means writing ``users``, ``sessions`` and ``impressions`` in these
-schemas; every other table is produced by a pipeline stage. Columns listed in
+Bring-your-own-data means writing ``users`` and ``sessions`` (and ``impressions``, once
+the product logs starter impressions; missing or empty is supported) in these schemas;
+every other table is produced by a pipeline stage. Columns listed in
 ``OPTIONAL`` may be absent from a file (they are filled with nulls on read).
 """
 

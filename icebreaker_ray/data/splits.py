@@ -4,6 +4,7 @@ fall into disjoint ranker slices.
     is_holdout("u0000042", fraction=0.2, seed=0)   # -> True or False, stable across runs
     hash_fraction("u0000042", "0:validation")      # a second, independent split key in [0, 1)
     log_slice(["r1", "r2"], slices=2)              # -> array([0, 1]) or so, stable
+    activity_buckets(np.array([1, 5, 9, 30]), 2)   # -> array([0, 0, 1, 1], dtype=int32)
 """
 
 from __future__ import annotations
@@ -41,3 +42,11 @@ RANKER_HOLDOUT = 5
 def ranker_holdout(request_ids: Sequence[str]) -> np.ndarray:
     """True for the requests a ranker slice holds out for its held-out metrics."""
     return log_slice([f"holdout-{r}" for r in request_ids], RANKER_HOLDOUT) == 0
+
+
+def activity_buckets(session_counts: np.ndarray, num_buckets: int) -> np.ndarray:
+    """Bucket users by observed activity (sessions in the logs), by quantile edges."""
+    if num_buckets == 1 or len(session_counts) == 0:
+        return np.zeros(len(session_counts), np.int32)
+    edges = np.quantile(session_counts, np.linspace(0, 1, num_buckets + 1)[1:-1])
+    return np.searchsorted(edges, session_counts, side="right").astype(np.int32)

@@ -421,6 +421,10 @@ def _method_specs(ev: Evaluation, out: str) -> list[tuple[str, str | None, str]]
 def evaluate(cfg: Config, out: str) -> dict[str, Any]:
     from icebreaker_ray.eval.report import write_report
 
+    why = layout.missing_clicks(out)
+    if why:  # your own logs before clicks: no grader f to train, no world for an A/B test
+        return layout.not_run(out, "evaluate", layout.click_free_message(
+            "evaluate", why, "an evaluation ranker f trained on clicks (or the simulated world)"))
     init_ray(cfg)
     writer = io.StageWriter(out, "evaluate")
     e = cfg.eval

@@ -1,6 +1,6 @@
 """Teachers that distil the coverage-oriented corpus D_cov for SIT (§2.3.1, Table 4).
 
-    teacher = make_teacher(cfg)                      # cfg.teacher.backend: sim | hf | openai
+    teacher = make_teacher(cfg)          # cfg.teacher.backend: sim | grounded | hf | openai
     teacher.distill([["One Piece cosplay", "sourdough starter"]])
     # -> [['Which One Piece character is easy to cosplay?', ...]]   (5-20 filtered starters)
 
@@ -14,9 +14,15 @@ rule filter as everywhere else, so a backend only has to write text.
   catalog subjects by embedding similarity; starters are written from those subjects'
   starter templates plus related subjects of the same category (Table 4 rules 4-5:
   association and generalization). It never reads the hidden world state.
+* ``grounded`` — any text, on CPU, no LLM: key phrases picked from each trigger interest
+  with the embedder (KeyBERT-style: candidate n-grams of the user's own words scored by
+  cosine to the interest, then maximal marginal relevance for diversity) and placed into
+  many question forms, so the starters reuse the user's real entities and invent none.
+  The default on your own logs (``auto``).
 * ``hf`` — a local transformers model prompted with Table 4, batched sampling.
 * ``openai`` — any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, Ray Serve
-  LLM, a hosted API) over httpx, with a timeout and retries with exponential backoff.
+  LLM, llama.cpp's ``llama-server``, a hosted API) over httpx, with a timeout and retries
+  with exponential backoff.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -144,6 +151,178 @@ class SimTeacher(Teacher):
         return out
 
 
+# ----------------------------------------------------------------------------- grounded
+
+#: Words that neither start nor end a key phrase: English stop words (scikit-learn's list)
+#: plus chat fillers and the verbs people wrap their topics in ("i love X", "went to X").
+CHAT_FILLERS = frozenset("""
+    yeah yea yes yep nope ok okay hi hello hey hiya haha hahaha lol lmao omg wow oh ooh um umm
+    uh hmm huh im ive id ill dont didnt doesnt cant wont isnt wasnt arent thats whats theres
+    youre hes shes theyre lets gonna wanna gotta kinda sorta like just really pretty very
+    lot lots thing things stuff kind sort sure cool nice great awesome good bad fun funny
+    love loved loves like liked likes want wanted think thought know knew feel felt get got
+    go going gone went make made say said see saw tell told guess mean actually probably
+    definitely maybe honestly literally totally right well yeah anyway today tonight
+    someone something anything everything nothing people person guy guys time day days
+    year years way ways bit favorite best worst new old big little one two three
+    friend friends family brother sister mom dad life dream home house question questions
+    joined start started try tried use used need needed ask asked talk talking chat chatting
+    upset sad happy excited tired bored glad mad angry scared
+    weekend morning night week month tomorrow yesterday
+    doing saying says trying getting making looking thinking coming taking turning
+""".split())
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’&+\-]*")
+_CLAUSE = re.compile(r"[.,!?;:/()\[\]\"“”…]+|\s-\s|\band\b|\bor\b|\bbut\b", re.IGNORECASE)
+
+#: Question forms a key phrase is placed into (Table 4: varied, specific, short). Each reads
+#: right around any noun phrase or activity ("Puerto Rico", "surfing", "the MCU").
+TEMPLATES = (
+    "What should I know about {p}?", "Tell me something surprising about {p}",
+    "What's the most interesting thing about {p}?", "What's the history behind {p}?",
+    "Fun facts about {p}?", "What's new with {p} lately?", "Recommend something like {p}?",
+    "What's underrated about {p}?", "What's a common myth about {p}?", "Quiz me on {p}?",
+    "Can we chat about {p}?", "What do people get wrong about {p}?",
+    "Give me a fun fact about {p}", "What makes {p} special?", "What's worth reading about {p}?",
+    "How did {p} come about?", "What's the best way to learn about {p}?",
+    "Share a little-known fact about {p}", "What's changed about {p} recently?",
+    "What would an expert say about {p}?",
+)
+
+
+def _bare(word: str) -> str:
+    """Lower case without apostrophes, as chat spells it: "I'm" and "im" are one word."""
+    return word.lower().replace("'", "").replace("’", "")
+
+
+def _stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(_bare(w) for w in ENGLISH_STOP_WORDS) | CHAT_FILLERS
+
+
+def candidate_phrases(text: str, max_words: int = 3, max_candidates: int = 64,
+                      stop: frozenset[str] | None = None) -> list[str]:
+    """Word n-grams (1..``max_words``) of ``text`` that could name a topic: runs of
+    consecutive words inside one clause with no stop word or filler among them (as
+    KeyBERT's stop-word-free n-grams), at least one word of 4+ letters or an acronym, no
+    lone past tense or adverb; first occurrence
+    kept, case-insensitively deduplicated, in text order.
+
+    >>> candidate_phrases("i went surfing in Puerto Rico with my best friend!")
+    ['surfing', 'Puerto', 'Puerto Rico', 'Rico']
+    """
+    stop = _stop_words() if stop is None else stop
+    seen: dict[str, str] = {}
+    for clause in _CLAUSE.split(text):
+        words = _WORD.findall(clause)
+        for i in range(len(words)):
+            for n in range(1, max_words + 1):
+                gram = words[i:i + n]
+                if len(gram) < n:
+                    break
+                if any(_bare(w) in stop for w in gram):
+                    break  # every longer n-gram from here holds the same stop word
+                if not any((len(w) >= 4 and w.isalpha()) or (len(w) >= 2 and w.isupper())
+                           for w in gram):  # a word of 4+ letters, or an acronym ("MCU")
+                    continue
+                if n == 1 and gram[0].lower().endswith(("ed", "ly")):
+                    continue  # a lone past tense or adverb ("killed", "really") names no topic
+                seen.setdefault(" ".join(w.lower() for w in gram), " ".join(gram))
+    return list(seen.values())[:max_candidates]
+
+
+def mmr(doc: np.ndarray, candidates: np.ndarray, top_n: int, diversity: float) -> list[int]:
+    """Maximal marginal relevance: greedily the candidate with the best
+    (1 - diversity) * cos(candidate, doc) - diversity * max cos(candidate, picked).
+
+    >>> mmr(np.array([1.0, 0.0]), np.array([[1.0, 0.0], [0.99, 0.14], [0.6, 0.8]]), 2, 0.7)
+    [0, 2]
+    """
+    relevance = candidates @ doc
+    picked: list[int] = []
+    for _ in range(min(top_n, len(candidates))):
+        if picked:
+            redundancy = (candidates @ candidates[picked].T).max(axis=1)
+            score = (1 - diversity) * relevance - diversity * redundancy
+            score[picked] = -np.inf
+        else:
+            score = relevance.copy()
+        picked.append(int(np.argmax(score)))
+    return picked
+
+
+class GroundedTeacher(Teacher):
+    """Starters made of the user's own key phrases (any text, CPU, no LLM).
+
+    For each trigger interest: :func:`candidate_phrases`, embedded with the interest, the
+    ``phrases_per_interest`` best by :func:`mmr` (cosine to the interest, ``diversity``
+    against each other); phrases of all interests are then taken round robin (the first
+    interest, the highest resonance, first) and each is placed into question forms from
+    :data:`TEMPLATES` (a seeded shuffle per phrase; only forms that fit ``max_chars``),
+    until ``min_q..max_q`` starters. :meth:`Teacher.distill` applies the rule/safety
+    filter, so a phrase on a sensitive topic, or a form that came out too long, is dropped
+    there like any teacher's output. An interest with no usable phrase (a "hello?") adds
+    nothing; a user with none gets an empty list, which the SIT corpus records.
+
+    >>> t = GroundedTeacher(embed, FilterParams(k=20))                      # doctest: +SKIP
+    >>> t.distill([["i went surfing in Puerto Rico with my best friend"]])  # doctest: +SKIP
+    [['Any tips on Puerto Rico?', 'What should I know about surfing?', ...]]
+    """
+
+    name = "grounded"
+
+    def __init__(self, embed: EmbedFn, filter_params: FilterParams, min_q: int = 5,
+                 max_q: int = 20, phrases_per_interest: int = 3, diversity: float = 0.5,
+                 seed: int = 0) -> None:
+        super().__init__(embed, filter_params, min_q, max_q)
+        self.phrases_per_interest, self.diversity, self.seed = phrases_per_interest, diversity, seed
+        self.stop = _stop_words()
+
+    def key_phrases(self, interest: str) -> list[str]:
+        """The ``phrases_per_interest`` key phrases of one interest text, best first."""
+        candidates = candidate_phrases(interest, stop=self.stop)
+        if not candidates:
+            return []
+        emb = np.asarray(self.embed([interest, *candidates]), np.float64)
+        picked: list[str] = []
+        for i in mmr(emb[0], emb[1:], len(candidates), self.diversity):
+            words = set(candidates[i].lower().split())
+            # "Rico" adds nothing next to "Puerto Rico" (nor the other way round)
+            if not any(words <= set(p.lower().split()) or set(p.lower().split()) <= words
+                       for p in picked):
+                picked.append(candidates[i])
+            if len(picked) == self.phrases_per_interest:
+                break
+        return picked
+
+    def starters(self, interests: Sequence[str]) -> tuple[list[str], list[str]]:
+        """(key phrases, starters) for one user's interests, before the filter."""
+        items = [x for x in interests if isinstance(x, str) and x.strip()]
+        rng = np.random.default_rng(_seed_of(items, self.seed))
+        n = int(rng.integers(self.min_q, self.max_q + 1))
+        per = [self.key_phrases(x) for x in items]
+        phrases = list(dict.fromkeys(p for i in range(self.phrases_per_interest)
+                                     for ps in per if i < len(ps) for p in ps[i:i + 1]))
+        limit = self.safety.params.max_chars
+        forms = {p: [t.format(p=p) for t in rng.permutation(TEMPLATES)
+                     if len(t.format(p=p)) <= limit] for p in phrases}
+        out: list[str] = []
+        while len(out) < n and any(forms.values()):
+            for p in phrases:
+                if forms[p] and len(out) < n:
+                    out.append(forms[p].pop(0))
+        return phrases, out
+
+    def complete(self, interests: Sequence[Sequence[str]]) -> list[str]:
+        out = []
+        for items in interests:
+            phrases, starters = self.starters(list(items))
+            think = (f"Key phrases from the user's own words: {', '.join(phrases)}."
+                     if phrases else "No usable key phrase in the interests.")
+            out.append(f"{THINK_OPEN} {think} {THINK_CLOSE}{render_completion(starters)}")
+        return out
+
+
 # ----------------------------------------------------------------------------- hf
 
 
@@ -249,13 +428,19 @@ def make_teacher(cfg: Config, embed: EmbedFn) -> Teacher:
                           near_dup_threshold=f.near_dup_threshold,
                           sensitive_threshold=f.sensitive_threshold)
     common = dict(min_q=t.min_questions, max_q=t.max_questions)
-    if t.backend == "sim":
+    backend = t.backend
+    if backend == "auto":  # Config resolves it on load; a hand-built one may not have
+        backend = "sim" if cfg.data.source == "sim" else "grounded"
+    if backend == "grounded":
+        return GroundedTeacher(embed, params, seed=cfg.run.seed, **common)
+    if backend == "sim":
         if cfg.data.source != "sim":
             raise ValueError("teacher.backend 'sim' only works on simulated data "
-                             "(data.source: sim); use 'hf' or 'openai' on your own logs")
+                             "(data.source: sim); use 'grounded' (or 'auto'), 'hf' or "
+                             "'openai' on your own logs")
         return SimTeacher(embed, params, subjects_per_interest=t.subjects_per_interest,
                           related_subjects=t.related_subjects, seed=cfg.run.seed, **common)
-    if t.backend == "hf":
+    if backend == "hf":
         return HFTeacher(embed, params, t.hf_model or cfg.models.generator,
                          temperature=t.temperature, max_new_tokens=t.max_new_tokens,
                          batch_size=t.batch_size, dtype=cfg.models.dtype, **common)

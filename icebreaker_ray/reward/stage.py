@@ -9,7 +9,8 @@ depth correlation, next to a popularity baseline (smoothed CTR of the starter te
 training requests). Both ranker kinds are fitted on each slice (the MLP with Ray Train,
 the feature ranker with LightGBM) and both AUCs reported; ``ranker.kind`` is the one
 saved. The util slice saves a bootstrap ensemble of ``ranker.ensemble`` members (list
-search reads mean - kappa * std); the eval ranker f is one model.
+search reads mean - kappa * std); the eval ranker f is one model. Logs without clicks
+train nothing; the manifest's ``metrics.not_run`` says why and what to do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.data.splits import RANKER_SLICES, ranker_holdout
@@ -147,7 +149,14 @@ def fit_slice(part: RankerExamples, name: str, cfg: Config, storage_path: str, s
 
 
 def train_ranker(cfg: Config, out: str) -> dict[str, Any]:
-    """Fit the ``util`` and ``eval`` rankers and record their held-out quality."""
+    """Fit the ``util`` and ``eval`` rankers and record their held-out quality. On logs
+    without clicks (your own, before a starter system logged any) nothing is trained: the
+    stage records why (:func:`icebreaker_ray.layout.not_run`) and mining ranks by the
+    click-free proxy instead."""
+    why = layout.missing_clicks(out)
+    if why:
+        return layout.not_run(out, "train-ranker", layout.click_free_message(
+            "train-ranker", why, "clicked and unclicked impressions to learn R_util (eq. 7) from"))
     sessions = io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions")
     users = io.read_table(io.table_uri(out, "simulate", "users"), "users")
     impressions = io.read_table(io.table_uri(out, "simulate", "impressions"), "impressions")

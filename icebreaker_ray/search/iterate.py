@@ -156,6 +156,10 @@ def _ctr(impressions: pa.Table) -> float:
 
 
 def iterate(cfg: Config, out: str) -> dict[str, Any]:
+    why = layout.missing_clicks(out)
+    if why:  # your own logs before clicks: nothing to refit the ranker on, no world to deploy in
+        return layout.not_run(out, "iterate", layout.click_free_message(
+            "iterate", why, "feedback on deployed starters (each round refits the utility ranker)"))
     init_ray(cfg)
     writer = io.StageWriter(out, "iterate")
     sessions = io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions")

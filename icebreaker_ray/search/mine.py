@@ -11,7 +11,9 @@
 2. Hybrid reward list search (Algorithm 1) with R_util from the ``util`` ranker (for its
    bootstrap ensemble, the conservative mean - ``search.kappa`` * std of the members) and
    sentence embeddings for R_div gives S+ and the hierarchical negatives (utility,
-   diversity, joint failure); each negative becomes one (chosen=S+, rejected) pair.
+   diversity, joint failure); each negative becomes one (chosen=S+, rejected) pair. Logs
+   without clicks have no ranker (``ranker_dir`` None): the same search then runs with the
+   click-free proxy :func:`~icebreaker_ray.reward.proxy.interest_similarity` as R_util.
 
 Both steps run as Ray Data ``map_batches`` over an actor pool, so they shard across
 workers; the per-user algorithm is the pure function :func:`pairs_for_user`. Sampling is
@@ -32,9 +34,13 @@ import pyarrow as pa
 from icebreaker_ray.data.schemas import schema
 from icebreaker_ray.isg.prompts import generator_messages
 from icebreaker_ray.raykit import map_actor_pool
+from icebreaker_ray.reward.proxy import interest_similarity
 from icebreaker_ray.search.list_search import ListSearchParams, hybrid_reward_list_search
 
 NEGATIVE_TYPES = ("utility", "diversity", "joint")
+#: What R_util was in a mining pass (the mine manifest's ``utility``).
+UTILITY_RANKER = "util ranker (trained on clicks)"
+UTILITY_PROXY = "interest-similarity proxy (no clicks: reward/proxy.py)"
 POOL_SCHEMA = pa.schema([("user_id", pa.string()), ("interests", pa.list_(pa.string())),
                          ("starters", pa.list_(pa.string()))])
 
@@ -86,18 +92,19 @@ def pairs_for_user(user_id: str, prompt: str, pool: Sequence[str], utility: np.n
 
 
 class ListSearcher:
-    """Ray Data actor holding R_util and the embedder: pools -> preference pairs."""
+    """Ray Data actor holding R_util and the embedder: pools -> preference pairs
+    (``ranker_dir`` None: R_util is the click-free interest-similarity proxy)."""
 
-    def __init__(self, ranker_dir: str, sessions: pa.Table, users: pa.Table, embedder: str,
+    def __init__(self, ranker_dir: str | None, sessions: pa.Table, users: pa.Table, embedder: str,
                  params: ListSearchParams, round_: int, seed: int, k: int, max_chars: int,
                  negatives: Sequence[str], kappa: float = 0.0) -> None:
         from icebreaker_ray.models import TextEncoder
         from icebreaker_ray.reward.ranker import UserFeaturizer, conservative_utility, load_ranker
 
         self.encoder = TextEncoder(embedder)
-        self.ranker = load_ranker(ranker_dir)
+        self.ranker = load_ranker(ranker_dir) if ranker_dir else None
         self.kappa, self._utility = kappa, conservative_utility
-        self.features = UserFeaturizer(sessions, users, self.encoder)
+        self.features = UserFeaturizer(sessions, users, self.encoder) if self.ranker else None
         self.params, self.round, self.seed = params, round_, seed
         self.k, self.max_chars, self.negatives = k, max_chars, list(negatives)
 
@@ -110,8 +117,12 @@ class ListSearcher:
                 continue
             with self.encoder.scoped():  # the user's pool alone: the same whichever actor/block
                 emb = self.encoder(pool)
-            utility = self._utility(self.ranker, self.features, [uid] * len(pool), pool,
-                                    emb, self.kappa)
+            if self.ranker is None:
+                with self.encoder.scoped():
+                    utility = interest_similarity(emb, self.encoder(list(interests)))
+            else:
+                utility = self._utility(self.ranker, self.features, [uid] * len(pool), pool,
+                                        emb, self.kappa)
             rows += pairs_for_user(uid, prompt_for(interests, self.k, self.max_chars), pool,
                                    utility, emb, self.params, self.round, self.seed, self.negatives)
         return pa.Table.from_pylist(rows, schema=schema("preference_pairs"))
@@ -138,7 +149,7 @@ def sample_candidates(requests: pa.Table, model_dir: str, cfg, gen_params) -> pa
     return pools_from_lists(generate_lists(requests, model_dir, cfg, gen_params), requests, cfg)
 
 
-def search_pairs(pools: pa.Table, ranker_dir: str, sessions: pa.Table, users: pa.Table, cfg,
+def search_pairs(pools: pa.Table, ranker_dir: str | None, sessions: pa.Table, users: pa.Table, cfg,
                  round_: int, negatives: Sequence[str] = NEGATIVE_TYPES) -> pa.Table:
     out = map_actor_pool(pools, ListSearcher,
                dict(ranker_dir=ranker_dir, sessions=sessions, users=users,

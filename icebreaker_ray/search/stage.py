@@ -4,7 +4,8 @@
 
 Reads trigger interests (``distill-interests``), the SIT corpus (``distill-corpus``, for
 the teacher share of each pool), the generator (``sft``) and the ``util`` ranker
-(``train-ranker``). Writes ``OUT/mine/``:
+(``train-ranker``; on logs without clicks, where train-ranker did not run, the click-free
+proxy instead, and the manifest's ``utility`` says which). Writes ``OUT/mine/``:
 - ``candidates.parquet``: each mined user's candidate pool C;
 - ``preference_pairs.parquet``: S+ against each negative type found (hierarchical pairs);
 - ``feedback_pairs.parquet``: the vanilla SFT+DPO baseline's pairs, from logged feedback
@@ -29,7 +30,13 @@ from icebreaker_ray.data.splits import is_holdout
 from icebreaker_ray.isg.generate import GenerationParams
 from icebreaker_ray.layout import trigger_interests
 from icebreaker_ray.raykit import init_ray, node_id
-from icebreaker_ray.search.mine import prompt_for, sample_candidates, search_pairs
+from icebreaker_ray.search.mine import (
+    UTILITY_PROXY,
+    UTILITY_RANKER,
+    prompt_for,
+    sample_candidates,
+    search_pairs,
+)
 
 
 def training_users(interests: dict[str, list[str]], cfg: Config, round_: int,
@@ -90,7 +97,7 @@ def mine_round(cfg: Config, out: str, model_dir: str, round_: int) -> tuple[pa.T
     users = io.read_table(io.table_uri(out, "simulate", "users"), "users")
     init_ray(cfg)
     pools = sample_candidates(requests, model_dir, cfg, GenerationParams.from_config(cfg))
-    pairs = search_pairs(pools, layout.ranker_dir(out, "util"), sessions, users, cfg,
+    pairs = search_pairs(pools, layout.util_ranker(out), sessions, users, cfg,
                          round_, cfg.dpo.negatives)
     candidates = pa.table({"user_id": pools.column("user_id"),
                            "round": pa.array([round_] * pools.num_rows, pa.int32()),
@@ -117,12 +124,14 @@ def mine(cfg: Config, out: str) -> dict[str, Any]:
     interests = trigger_interests(out)
     prompts = {u: prompt_for(i, cfg.generation.K, cfg.filter.max_chars) for u, i in interests.items()
                if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed)}
-    impressions = io.read_table(io.table_uri(out, "simulate", "impressions"), "impressions")
+    impressions = io.read_table(io.table_uri(out, "simulate", "impressions"), "impressions",
+                                allow_empty=True)
     feedback = feedback_pairs(impressions, prompts, cfg.search.feedback_pairs_per_user, cfg.run.seed)
     writer = io.StageWriter(out, "mine")
     writer.write_table("candidates", candidates)
     writer.write_table("preference_pairs", pairs)
     writer.write_table("preference_pairs", feedback, "feedback_pairs.parquet")
-    stats = {**pair_stats(pairs, candidates), "feedback_pairs": feedback.num_rows}
+    stats = {**pair_stats(pairs, candidates), "feedback_pairs": feedback.num_rows,
+             "utility": UTILITY_RANKER if layout.util_ranker(out) else UTILITY_PROXY}
     return writer.commit(metrics=stats,
                          node_ids=[node_id()])

@@ -43,6 +43,7 @@ from icebreaker_ray.isg.generate import GenerationParams
 from icebreaker_ray.isg.parse import parse_starters
 from icebreaker_ray.isg.prompts import generator_messages
 from icebreaker_ray.reward.diversity import marginal_diversity_gains
+from icebreaker_ray.reward.proxy import interest_similarity
 from icebreaker_ray.rid import gating, noise, scorer
 from icebreaker_ray.rid.judge import clean_summary
 from icebreaker_ray.serve.artifacts import Artifacts
@@ -380,12 +381,12 @@ class ListSelectorCore:
 
     def utility(self, user_id: str | None, history: Sequence[str], profile: str | None,
                 interests: Sequence[str], texts: Sequence[str], emb: np.ndarray) -> np.ndarray:
-        """R_util(u, s) from the ranker over the request's history; without a ranker, the
-        best cosine of each starter to a trigger interest."""
+        """R_util(u, s) from the ranker over the request's history; without a ranker (a
+        run before clicks), the click-free proxy: the best cosine to a trigger interest."""
         if self.ranker is None:
             if not interests:
                 return np.zeros(len(texts))
-            return (emb @ self.encoder(list(interests)).T).max(axis=1)
+            return interest_similarity(emb, self.encoder(list(interests)))
         from icebreaker_ray.reward.ranker import UserFeaturizer
 
         uid = user_id or ANONYMOUS

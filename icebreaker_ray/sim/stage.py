@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io as _io
 import json
+import logging
 import pickle
 from typing import Any
 
@@ -28,8 +29,8 @@ import pyarrow.parquet as pq
 
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
-from icebreaker_ray.data.schemas import INPUT_TABLES
-from icebreaker_ray.data.splits import RANKER_SLICES, log_slice, ranker_holdout
+from icebreaker_ray.data.schemas import INPUT_TABLES, describe, schema
+from icebreaker_ray.data.splits import RANKER_SLICES, activity_buckets, log_slice, ranker_holdout
 from icebreaker_ray.models import TextEncoder
 from icebreaker_ray.raykit import init_ray, node_id
 from icebreaker_ray.sim.catalog import load_catalog
@@ -37,6 +38,8 @@ from icebreaker_ray.sim.deploy import DayLog, SimEnv, simulate_shard
 from icebreaker_ray.sim.policy import RetrievalPolicy, generic_starters, starter_pool
 
 TRUTH_DIR = "sim-truth"
+
+log = logging.getLogger(__name__)
 
 
 def baseline_policy_factory(seed: int, k: int):
@@ -93,27 +96,109 @@ def _concat(logs: list[DayLog], attr: str) -> pa.Table:
     return pa.concat_tables([getattr(log, attr) for log in logs])
 
 
-def activity_buckets(session_counts: np.ndarray, num_buckets: int) -> np.ndarray:
-    """Bucket users by observed activity (sessions in the logs), by quantile edges."""
-    if num_buckets == 1 or len(session_counts) == 0:
-        return np.zeros(len(session_counts), np.int32)
-    edges = np.quantile(session_counts, np.linspace(0, 1, num_buckets + 1)[1:-1])
-    return np.searchsorted(edges, session_counts, side="right").astype(np.int32)
+#: Row ids an ingest manifest lists per kind of dropped or cut row (the counts are whole).
+MANIFEST_EXAMPLES = 20
+
+
+def _source(cfg: Config, name: str) -> str | None:
+    """``data.source/<name>`` (a file, a directory of Parquet parts, or ``<name>.parquet``)."""
+    src = io.join(cfg.data.source, name)
+    if io.exists(src):
+        return src
+    return src + ".parquet" if io.exists(src + ".parquet") else None
+
+
+def _unknown_users(table: pa.Table, known: set[str]) -> np.ndarray:
+    """Row indices of ``table`` whose user_id is not in ``known``."""
+    ids = table.column("user_id").to_pylist()
+    return np.array([i for i, u in enumerate(ids) if u not in known], int)
 
 
 def ingest(cfg: Config, out: str) -> dict[str, Any]:
-    """Bring-your-own-data: validate users/sessions/impressions under ``data.source`` and
-    write them where the simulated logs would go, so every later stage reads one place."""
+    """Bring-your-own-data: validate users/sessions (and impressions, when there are any)
+    under ``data.source`` and write them where the simulated logs would go, so every
+    later stage reads one place.
+
+    What is checked, and what happens (the manifest's ``dropped``/``truncated`` count
+    every row touched and name the first few):
+
+    * ``users`` and ``sessions`` are required; a missing one is an error naming the path.
+    * ``impressions`` may be missing or empty (a product without starter clicks yet): an
+      empty table is written, and the click-trained stages say they did not run
+      (:func:`icebreaker_ray.layout.missing_clicks`).
+    * timestamps must be timezone-aware (an error naming the file and column otherwise).
+    * a session of a user not in ``users`` is an error naming the row and user id: the
+      user's activity bucket, which RID's thresholds need, is unknown. Impressions of an
+      unknown user (the server logs anonymous requests too) are dropped and counted.
+    * a blank summary (empty or whitespace) carries no interest: the session is dropped
+      and counted. A summary longer than ``judge.max_summary_chars`` is cut to it (every
+      stage would cut it there anyway) and counted.
+    """
     writer = io.StageWriter(out, "simulate")
+    found = {name: _source(cfg, name) for name in INPUT_TABLES}
+    for name in ("users", "sessions"):
+        if found[name] is None:
+            raise io.DataError(
+                f"{io.join(cfg.data.source, name)}[.parquet]: no such file or directory; your "
+                f"own logs need table '{name}' ({describe(name)})")
+    users = io.read_table(found["users"], "users", require_tz=True)
+    sessions = io.read_table(found["sessions"], "sessions", require_tz=True)
+    if found["impressions"] is None:
+        impressions = schema("impressions").empty_table()
+    else:
+        impressions = io.read_table(found["impressions"], "impressions", allow_empty=True,
+                                    require_tz=True)
+    known = set(users.column("user_id").to_pylist())
+    bad = _unknown_users(sessions, known)
+    if len(bad):
+        first = int(bad[0])
+        raise io.DataError(
+            f"{found['sessions']}: {len(bad)} session(s) have a user_id that is not in "
+            f"{found['users']} (first: row {first}, user_id "
+            f"{sessions.column('user_id')[first].as_py()!r}, session_id "
+            f"{sessions.column('session_id')[first].as_py()!r}); add those users (with an "
+            f"activity_bucket) or remove their sessions")
+    dropped: dict[str, Any] = {}
+    truncated: dict[str, Any] = {}
+    summaries = sessions.column("summary").to_pylist()
+    ids = sessions.column("session_id").to_pylist()
+    blank = [i for i, t in enumerate(summaries) if not t.strip()]
+    if blank:
+        dropped["blank_summaries"] = {"rows": len(blank),
+                                      "session_ids": [ids[i] for i in blank[:MANIFEST_EXAMPLES]]}
+        keep = np.ones(len(summaries), bool)
+        keep[blank] = False
+        sessions = sessions.filter(pa.array(keep))
+        log.warning("ingest: dropped %d session(s) with a blank summary (listed in the manifest)",
+                    len(blank))
+    limit = cfg.judge.max_summary_chars
+    summaries = sessions.column("summary").to_pylist()
+    long = [i for i, t in enumerate(summaries) if len(t) > limit]
+    if long:
+        ids = sessions.column("session_id").to_pylist()
+        truncated["summaries"] = {"rows": len(long), "max_chars": limit,
+                                  "longest_chars": max(len(summaries[i]) for i in long),
+                                  "session_ids": [ids[i] for i in long[:MANIFEST_EXAMPLES]]}
+        sessions = sessions.set_column(sessions.schema.get_field_index("summary"), "summary",
+                                       pa.array([t[:limit] for t in summaries], pa.string()))
+        log.warning("ingest: cut %d summary(ies) to judge.max_summary_chars=%d", len(long), limit)
+    stray = _unknown_users(impressions, known)
+    if len(stray):
+        dropped["impressions_of_unknown_users"] = {
+            "rows": len(stray),
+            "user_ids": sorted({impressions.column("user_id")[int(i)].as_py() for i in stray})[:MANIFEST_EXAMPLES]}
+        keep = np.ones(impressions.num_rows, bool)
+        keep[stray] = False
+        impressions = impressions.filter(pa.array(keep))
     rows = {}
-    for name in INPUT_TABLES:
-        src = io.join(cfg.data.source, name)
-        if not io.exists(src) and io.exists(src + ".parquet"):
-            src += ".parquet"
-        table = io.read_table(src, name, allow_empty=name == "impressions")
+    for name, table in (("users", users), ("sessions", sessions), ("impressions", impressions)):
         writer.write_table(name, table)
         rows[name] = table.num_rows
-    return writer.commit(metrics={"source": cfg.data.source, **rows}, node_ids=[node_id()])
+    clicks = int(sum(impressions.column("clicked").to_pylist()))
+    return writer.commit(metrics={
+        "source": cfg.data.source, **rows, "clicks": clicks,
+        "impressions_file": found["impressions"], "dropped": dropped, "truncated": truncated,
+    }, node_ids=[node_id()])
 
 
 def simulate(cfg: Config, out: str) -> dict[str, Any]:
