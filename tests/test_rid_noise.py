@@ -44,10 +44,16 @@ def test_eligibility_hand_case() -> None:
                           support_threshold=0.9, min_support=1)
     assert e.greeting.tolist() == [False, False, False, True, False]
     assert e.functional.tolist() == [False, False, True, False, False]
-    # the greeting points like row 0 but does not support it; chess has no neighbour
-    assert e.one_off.tolist() == [False, False, True, True, True]
+    # the greeting points like row 0 but does not support it (and is not checked itself);
+    # the grammar task and chess have no neighbour
+    assert e.one_off.tolist() == [False, False, True, False, True]
     assert e.eligible.tolist() == [True, True, False, False, False]
     assert e.counts() == {"greeting": 1, "functional": 1, "one_off": 1, "eligible": 2}
+    # a history shorter than min_history has no one-offs: every subject is new there
+    short = noise.eligibility(users, summaries, emb, protos, functional_threshold=0.5,
+                              support_threshold=0.9, min_support=1, min_history=5)
+    assert short.one_off.tolist() == [False] * 5  # 4 non-greeting summaries < 5
+    assert short.eligible.tolist() == [True, True, False, False, True]
     # each check can be turned off
     off = noise.eligibility(users, summaries, emb, protos, functional_threshold=1.5,
                             support_threshold=0.9, min_support=0)
