@@ -169,7 +169,7 @@ class GatingSection(Section):
     support_threshold: float = Field(default=0.6, ge=-1, le=1)
     min_support: int = Field(default=1, ge=0)
     # ... only for users with at least this many non-greeting summaries.
-    support_min_history: int = Field(default=20, ge=0)
+    support_min_history: int = Field(default=15, ge=0)
     # Rule-based baseline (App. C.1): frequency of near-duplicate summaries + recency.
     rule_half_life_days: float = Field(default=7.0, gt=0)
     rule_recency_weight: float = Field(default=0.5, ge=0)
