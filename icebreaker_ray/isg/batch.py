@@ -13,7 +13,8 @@ Evaluation (every method and ablation in one ``generate_many`` pass), mining (th
 candidate pool C of Algorithm 1) and the self-reinforced rounds (the lists deployed in
 the simulated world, and the pools mined from the same samples) all sample through this
 module, so a model is always judged on exactly what the filter lets out. Each actor
-holds one model at a time and swaps it when a block names another (jobs are laid out
+holds one model at a time, in the configured generation engine (``generation.engine``,
+:mod:`icebreaker_ray.isg.engines`), and swaps it when a block names another (jobs are laid out
 model by model, so an actor loads each model about once); sampling is seeded from the
 user ids of each batch, so a run is reproducible whichever actor gets which batch, and
 a job gives the same lists alone or in a ``generate_many`` pass.

@@ -59,9 +59,13 @@ def converter_dir(cache: str | None = None) -> Path:
     target = root / "llama-cpp-convert" / LLAMA_CPP_VERSION
     if (target / "convert_hf_to_gguf.py").is_file():
         return target
-    sdist = root / "sdist" / _SDIST
-    if not sdist.is_file():
-        raise GGUFExportError(f"the GGUF converter needs {sdist}; download it with: {_DOWNLOAD}")
+    # make setup keeps the sdist in ICEBREAKER_CACHE (default ~/.cache/icebreaker-ray); a
+    # preset's models.cache_dir may point elsewhere.
+    places = dict.fromkeys([root / "sdist" / _SDIST, cache_dir() / "sdist" / _SDIST])
+    sdist = next((p for p in places if p.is_file()), None)
+    if sdist is None:
+        raise GGUFExportError(f"the GGUF converter needs {' or '.join(map(str, places))}; "
+                              f"download it with: {_DOWNLOAD}")
     with _file_lock(target.parent / f".{LLAMA_CPP_VERSION}.lock"):
         if (target / "convert_hf_to_gguf.py").is_file():
             return target
