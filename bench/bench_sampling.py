@@ -75,6 +75,18 @@ def timed(engine, tok, convs, candidates: int, max_new_tokens: int) -> tuple[flo
     return took, sum(len(tok(x, add_special_tokens=False).input_ids) for texts in out for x in texts)
 
 
+def timed_one_by_one(engine, tok, convs, candidates: int, max_new_tokens: int) -> tuple[float, int]:
+    """Every candidate in its own call, one sequence each (what several high-level
+    ``Llama.__call__`` calls do): the prompt is prefilled once per candidate."""
+    t, tokens = time.perf_counter(), 0
+    for i, conv in enumerate(convs):
+        for j in range(candidates):
+            [[text]] = engine.sample([conv], num_return=1, max_new_tokens=max_new_tokens,
+                                     seed=i * candidates + j)
+            tokens += len(tok(text, add_special_tokens=False).input_ids)
+    return time.perf_counter() - t, tokens
+
+
 def parity_interests(run: str | None, users: int) -> list[list[str]]:
     if run is None:
         return [INTERESTS[i % len(INTERESTS)] for i in range(users)]
@@ -106,12 +118,16 @@ def bench_engines(args, threads: int) -> None:
         one, one_tokens = timed(engine, tok, convs[:1], 1, args.max_new_tokens)
         engines[kind] = engine
         rows.append((kind, tokens / took, took, tokens, one, one_tokens, load_s))
+        if kind == "llamacpp" and args.one_by_one:
+            took, tokens = timed_one_by_one(engine, tok, convs, args.candidates, args.max_new_tokens)
+            rows.append(("llamacpp, one sequence per call", tokens / took, took, tokens, one,
+                         one_tokens, 0.0))
     print(f"model {args.model} ({path}), {args.users} prompts x {args.candidates} candidates, "
           f"max_new_tokens {args.max_new_tokens}, batch {args.batch}, {threads} threads, "
           f"llamacpp GGUF {args.outtype}; load average {os.getloadavg()[0]:.1f}")
     base = rows[0][1]
     for kind, tps, took, tokens, one, one_tokens, load_s in rows:
-        print(f"{kind:>9}: {tps:6.1f} generated tokens/s ({tokens} tokens in {took:.2f} s; "
+        print(f"{kind}: {tps:6.1f} generated tokens/s ({tokens} tokens in {took:.2f} s; "
               f"{took / (len(convs) * args.candidates):.3f} s per candidate) | one list alone "
               f"{one:.2f} s ({one_tokens} tokens) | load {load_s:.1f} s | {tps / base:.2f}x {rows[0][0]}")
     if not args.parity_users:
@@ -142,6 +158,8 @@ def main() -> None:
     ap.add_argument("--engines", default="hf,llamacpp")
     ap.add_argument("--outtype", default="q8_0")
     ap.add_argument("--parity-users", type=int, default=0)
+    ap.add_argument("--one-by-one", action="store_true",
+                    help="also llamacpp with one sequence per call (no batched decoding)")
     ap.add_argument("--run", default=None, help="run whose trigger interests the parity check uses")
     ap.add_argument("--hf-batching", action="store_true", help="the older hf-only comparison")
     args = ap.parse_args()

@@ -25,6 +25,7 @@ advanced; sequence ``i * num_return + j`` is sample ``j`` of conversation ``i``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -146,16 +147,18 @@ class LlamaCppEngine:
         self.ctx, self.ctx_size = None, (0, 0)
         self.stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
 
-    def __del__(self) -> None:
-        ll = getattr(self, "ll", None)
-        if ll is None:
-            return
+    def close(self) -> None:
+        """Free the context and the weights (also on garbage collection)."""
         if getattr(self, "ctx", None):
-            ll.llama_free(self.ctx)
+            self.ll.llama_free(self.ctx)
             self.ctx = None
         if getattr(self, "model", None):
-            ll.llama_model_free(self.model)
+            self.ll.llama_model_free(self.model)
             self.model = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the bindings may be gone
+            self.close()
 
     def _context(self, n_ctx: int, n_seq: int):
         """A context with room for ``n_ctx`` cells and ``n_seq`` sequences (grown, never shrunk)."""
