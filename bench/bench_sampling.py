@@ -107,7 +107,20 @@ def bench_engines(args, threads: int) -> None:
     path = resolve_generator(args.model)
     tok = load_tokenizer(path)
     convs = [generator_messages(x, k=cfg.generation.K) for x in (INTERESTS * 4)[: args.users]]
-    engines, rows = {}, []
+    print(f"model {args.model} ({path}), {args.users} prompts x {args.candidates} candidates, "
+          f"max_new_tokens {args.max_new_tokens}, batch {args.batch}, {threads} threads, "
+          f"llamacpp GGUF {args.outtype}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    engines, base = {}, None
+
+    def report(kind, took, tokens, one=None, one_tokens=0, load_s=0.0):
+        nonlocal base
+        tps = tokens / took
+        base = base or (kind, tps)
+        alone = f" | one list alone {one:.2f} s ({one_tokens} tokens)" if one is not None else ""
+        print(f"{kind}: {tps:6.1f} generated tokens/s ({tokens} tokens in {took:.2f} s; "
+              f"{took / (len(convs) * args.candidates):.3f} s per candidate){alone} | load {load_s:.1f} s"
+              f" | {tps / base[1]:.2f}x {base[0]} | load average {os.getloadavg()[0]:.1f}", flush=True)
+
     for kind in args.engines.split(","):
         t = time.perf_counter()
         engine = EngineSpec(kind=kind, batch_size=args.batch, gguf_outtype=args.outtype,
@@ -117,19 +130,10 @@ def bench_engines(args, threads: int) -> None:
         took, tokens = timed(engine, tok, convs, args.candidates, args.max_new_tokens)
         one, one_tokens = timed(engine, tok, convs[:1], 1, args.max_new_tokens)
         engines[kind] = engine
-        rows.append((kind, tokens / took, took, tokens, one, one_tokens, load_s))
+        report(kind, took, tokens, one, one_tokens, load_s)
         if kind == "llamacpp" and args.one_by_one:
             took, tokens = timed_one_by_one(engine, tok, convs, args.candidates, args.max_new_tokens)
-            rows.append(("llamacpp, one sequence per call", tokens / took, took, tokens, one,
-                         one_tokens, 0.0))
-    print(f"model {args.model} ({path}), {args.users} prompts x {args.candidates} candidates, "
-          f"max_new_tokens {args.max_new_tokens}, batch {args.batch}, {threads} threads, "
-          f"llamacpp GGUF {args.outtype}; load average {os.getloadavg()[0]:.1f}")
-    base = rows[0][1]
-    for kind, tps, took, tokens, one, one_tokens, load_s in rows:
-        print(f"{kind}: {tps:6.1f} generated tokens/s ({tokens} tokens in {took:.2f} s; "
-              f"{took / (len(convs) * args.candidates):.3f} s per candidate) | one list alone "
-              f"{one:.2f} s ({one_tokens} tokens) | load {load_s:.1f} s | {tps / base:.2f}x {rows[0][0]}")
+            report("llamacpp, one sequence per call", took, tokens)
     if not args.parity_users:
         return
     interests = parity_interests(args.run, args.parity_users)
@@ -144,7 +148,7 @@ def bench_engines(args, threads: int) -> None:
         lists = sum(len(r.candidates) for r in res)
         print(f"{kind:>9}: format pass rate {format_pass_rate(res):.3f} of {lists} lists; "
               f"users with K starters {sum(len(r.starters) == params.k for r in res)}/{len(res)}; "
-              f"{time.perf_counter() - t:.1f} s")
+              f"{time.perf_counter() - t:.1f} s", flush=True)
 
 
 def main() -> None:
