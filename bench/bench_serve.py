@@ -69,6 +69,7 @@ class Baseline:
     def __init__(self, cfg, model_path: str, candidates: int) -> None:
         import torch
 
+        from icebreaker_ray.isg.engines import HFEngine
         from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
         from icebreaker_ray.isg.generate import GenerationParams
         from icebreaker_ray.models import TextEncoder, load_generator
@@ -76,7 +77,8 @@ class Baseline:
 
         torch.set_num_threads(2)
         model, tok = load_generator(model_path, cfg.models.dtype)
-        self.sampler = BatchSampler(model, tok, GenerationParams.from_config(cfg), candidates)
+        params = GenerationParams.from_config(cfg)
+        self.sampler = BatchSampler(HFEngine(model, tok, params.batch_size), params, candidates)
         self.safety = SafetyFilter(TextEncoder(cfg.models.embedder), FilterParams.from_config(cfg, cfg.generation.K))
         self.k = cfg.generation.K
         self.lock = threading.Lock()

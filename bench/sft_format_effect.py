@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from icebreaker_ray.config import load_config
 from icebreaker_ray.data import io
+from icebreaker_ray.isg.engines import HFEngine
 from icebreaker_ray.isg.generate import GenerationParams, format_pass_rate, generate
 from icebreaker_ray.isg.stage import raw_summaries
 from icebreaker_ray.models import TextEncoder, load_generator, resolve_generator
@@ -46,7 +47,7 @@ def write_interests(out: str, users: set[str], recent: int = 3) -> None:
 def evaluate(model_name: str, interests: list[list[str]], params: GenerationParams, seed: int) -> dict:
     model, tok = load_generator(model_name)
     t = time.time()
-    res = generate(model, tok, interests, TextEncoder(), params, seed=seed)
+    res = generate(HFEngine(model, tok, params.batch_size), interests, TextEncoder(), params, seed=seed)
     cands = [c for r in res for c in r.candidates]
     return {
         "pass_rate": format_pass_rate(res),

@@ -212,10 +212,11 @@ def generate(
         from pathlib import Path
 
         from icebreaker_ray.data import io
+        from icebreaker_ray.isg.engines import EngineSpec
         from icebreaker_ray.isg.generate import GenerationParams
         from icebreaker_ray.isg.generate import generate as generate_starters
         from icebreaker_ray.isg.stage import user_interests
-        from icebreaker_ray.models import TextEncoder, load_generator
+        from icebreaker_ray.models import TextEncoder
 
         cfg = _load(config, overrides, None)
         if (user is None) == (summaries_file is None):
@@ -237,9 +238,9 @@ def generate(
             interests, source = by_user[user], f"{run} ({'trigger interests' if chosen == 'rid' else 'recent summaries'})"
         if not interests:
             raise DataError(f"no interests or summaries given ({source})")
-        gen_model, tok = load_generator(model, cfg.models.dtype, cfg.models.cache_dir)
+        engine = EngineSpec.from_config(cfg).load(model)
         params = GenerationParams.from_config(cfg)
-        [res] = generate_starters(gen_model, tok, [interests], TextEncoder(cfg.models.embedder), params, seed=seed)
+        [res] = generate_starters(engine, [interests], TextEncoder(cfg.models.embedder), params, seed=seed)
         console.print(f"[dim]{len(interests)} interests from {source}; {len(res.candidates)} candidates, "
                       f"{sum(c.complete for c in res.candidates)} passed the filter with K={params.k}; "
                       f"list: {res.reason}[/]", highlight=False)

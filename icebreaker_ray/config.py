@@ -80,6 +80,14 @@ class GenerationSection(Section):
     batch_size: int = Field(default=8, ge=1)
     # PE baseline / CLI fallback: how many of a user's most recent raw summaries go in the prompt.
     max_summaries: int = Field(default=5, ge=1)
+    # Who samples (mining, evaluation, iterate rounds, serving): "hf" (transformers, the
+    # reference), "llamacpp" (llama.cpp on a GGUF of the same model, converted once and
+    # cached next to it; CPU), "vllm" (GPU presets: Ray Data LLM / Ray Serve LLM configs).
+    engine: Literal["hf", "llamacpp", "vllm"] = "hf"
+    # GGUF weight type of the llamacpp engine: q8_0 kept the format pass rate (BENCHMARKS.md).
+    gguf_outtype: Literal["q8_0", "f16", "bf16", "f32"] = "q8_0"
+    # CPU engine threads (None: the actor's/replica's CPUs, OMP_NUM_THREADS, else all cores).
+    num_threads: int | None = Field(default=None, ge=1)
 
 
 class FilterSection(Section):

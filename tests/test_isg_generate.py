@@ -8,6 +8,7 @@ from isg_support import fake_embed
 from typer.testing import CliRunner
 
 from icebreaker_ray.cli import app
+from icebreaker_ray.isg.engines import HFEngine
 from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
 from icebreaker_ray.isg.generate import (
     GenerationParams,
@@ -59,7 +60,7 @@ def test_generate_with_tiny_model(tiny_generator):
 
     model, tok = load_generator(tiny_generator)
     params = GenerationParams(k=3, num_candidates=3, max_new_tokens=24, batch_size=4, filter=PARAMS)
-    results = generate(model, tok, [["One Piece cosplay"], ["sourdough", "ramen in Osaka"]],
+    results = generate(HFEngine(model, tok, params.batch_size), [["One Piece cosplay"], ["sourdough", "ramen in Osaka"]],
                        fake_embed, params, seed=0)
     assert len(results) == 2
     for res in results:

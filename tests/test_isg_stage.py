@@ -53,14 +53,15 @@ def test_distill_corpus_stage_writes_sit_corpus(ray_local, tmp_path):
 
 
 def test_generate_with_smollm2_returns_filtered_starters():
+    from icebreaker_ray.isg.engines import EngineSpec
     from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
     from icebreaker_ray.isg.generate import GenerationParams, generate
-    from icebreaker_ray.models import TextEncoder, load_generator
+    from icebreaker_ray.models import TextEncoder
 
-    model, tok = load_generator("smollm2-135m-instruct")
+    engine = EngineSpec(batch_size=8).load("smollm2-135m-instruct")
     enc = TextEncoder()
     params = GenerationParams(k=4, num_candidates=2, max_new_tokens=48, batch_size=8)
-    results = generate(model, tok, [["Asked about One Piece's Wano arc"], ["sourdough baking"]],
+    results = generate(engine, [["Asked about One Piece's Wano arc"], ["sourdough baking"]],
                        enc, params, seed=0)
     safety = SafetyFilter(enc, FilterParams(k=4))
     for res in results:

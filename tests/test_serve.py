@@ -336,15 +336,16 @@ def test_real_smollm2_starters_pass_the_filter(app):
     """The real SmolLM2-135M through the same components: sampled lists, parsed, filtered,
     ranked; the answer has K filtered starters (generated ones where the model obliged)."""
     from icebreaker_ray.config import load_config
+    from icebreaker_ray.isg.engines import EngineSpec
     from icebreaker_ray.isg.generate import GenerationParams
-    from icebreaker_ray.models import load_generator, resolve_generator
+    from icebreaker_ray.models import resolve_generator
     from icebreaker_ray.serve.artifacts import locate
     from icebreaker_ray.serve.components import BatchSampler, GenJob, ListSelectorCore
 
     cfg = load_config("local-cpu", ["generation.max_new_tokens=64"])
     path = resolve_generator("smollm2-135m-instruct")
-    model, tok = load_generator(path)
-    sampler = BatchSampler(model, tok, GenerationParams.from_config(cfg), num_candidates=4)
+    engine = EngineSpec.from_config(cfg).load(path)
+    sampler = BatchSampler(engine, GenerationParams.from_config(cfg), num_candidates=4)
     updates = []
     [texts] = sampler.run([GenJob(["Baking sourdough bread at home"], 4, stream=True)], updates.append)
     assert len(texts) == 4 and updates and updates[0][0].first_token

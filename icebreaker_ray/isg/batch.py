@@ -13,7 +13,8 @@ Evaluation (every method and ablation in one ``generate_many`` pass), mining (th
 candidate pool C of Algorithm 1) and the self-reinforced rounds (the lists deployed in
 the simulated world, and the pools mined from the same samples) all sample through this
 module, so a model is always judged on exactly what the filter lets out. Each actor
-holds one model at a time and swaps it when a block names another (jobs are laid out
+holds one model at a time, in the configured generation engine (``generation.engine``,
+:mod:`icebreaker_ray.isg.engines`), and swaps it when a block names another (jobs are laid out
 model by model, so an actor loads each model about once); sampling is seeded from the
 user ids of each batch, so a run is reproducible whichever actor gets which batch, and
 a job gives the same lists alone or in a ``generate_many`` pass.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -33,6 +35,7 @@ from icebreaker_ray.raykit import map_blocks, split_blocks
 
 if TYPE_CHECKING:
     from icebreaker_ray.config import Config
+    from icebreaker_ray.isg.engines import Engine, EngineSpec
     from icebreaker_ray.isg.generate import GenerationParams
 
 _STR_LIST = pa.list_(pa.string())
@@ -56,22 +59,23 @@ class ListGenerator:
     of the one held before; ``job`` is passed through.
     """
 
-    def __init__(self, embedder: str, gen_params: GenerationParams, seed: int) -> None:
+    def __init__(self, embedder: str, gen_params: GenerationParams, seed: int,
+                 engine: EngineSpec | None = None) -> None:
+        from icebreaker_ray.isg.engines import EngineSpec
         from icebreaker_ray.isg.filters import SafetyFilter
         from icebreaker_ray.models import TextEncoder
 
-        self.loaded: tuple[str, Any, Any] | None = None
+        self.loaded: tuple[str, Engine] | None = None
         self.encoder = TextEncoder(embedder)
         self.params, self.seed = gen_params, seed
+        self.spec = engine or EngineSpec(batch_size=gen_params.batch_size)
         self.safety = SafetyFilter(self.encoder, gen_params.filter_params())
 
-    def _model(self, model_dir: str) -> tuple[Any, Any]:
-        from icebreaker_ray.models import load_generator
-
+    def _engine(self, model_dir: str) -> Engine:
         if self.loaded is None or self.loaded[0] != model_dir:
             self.loaded = None  # free the old weights before loading the new ones
-            self.loaded = (model_dir, *load_generator(model_dir))
-        return self.loaded[1], self.loaded[2]
+            self.loaded = (model_dir, self.spec.load(model_dir))
+        return self.loaded[1]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         models = set(batch.column("model").to_pylist())
@@ -84,11 +88,11 @@ class ListGenerator:
     def _sample(self, model_dir: str, batch: pa.Table) -> pa.Table:
         from icebreaker_ray.isg.generate import generate
 
-        model, tok = self._model(model_dir)
+        engine = self._engine(model_dir)
         users = batch.column("user_id").to_pylist()
         interests = batch.column("interests").to_pylist()
         seed = self.seed + zlib.crc32("|".join(users).encode()) % 1_000_000
-        results = generate(model, tok, interests, self.encoder, self.params,
+        results = generate(engine, interests, self.encoder, self.params,
                            seed=seed, safety=self.safety)
         rows: list[dict[str, Any]] = []
         for uid, res in zip(users, results, strict=True):
@@ -125,6 +129,7 @@ def generate_many(jobs: Sequence[tuple[str, pa.Table]], cfg: Config,
     batches, so the pool stays busy across jobs instead of idling on each job's last batch.
     Returns one table per job, in order, each sorted by ``user_id``.
     """
+    from icebreaker_ray.isg.engines import EngineSpec
     from icebreaker_ray.isg.generate import GenerationParams
 
     params = params or GenerationParams.from_config(cfg)
@@ -141,7 +146,8 @@ def generate_many(jobs: Sequence[tuple[str, pa.Table]], cfg: Config,
     if not blocks:  # no requests at all: no actor pool to start
         return [LISTS_SCHEMA.empty_table() for _ in jobs]
     out = map_blocks(blocks, ListGenerator,
-                     dict(embedder=cfg.models.embedder, gen_params=params, seed=cfg.run.seed),
+                     dict(embedder=cfg.models.embedder, gen_params=params, seed=cfg.run.seed,
+                          engine=replace(EngineSpec.from_config(cfg), batch_size=params.batch_size)),
                      actors, LISTS_SCHEMA.append(pa.field("job", pa.int32())))
     job_ids = out.column("job").to_numpy(zero_copy_only=False)
     lists = out.drop_columns(["job"])

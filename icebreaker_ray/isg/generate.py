@@ -1,7 +1,7 @@
 """Starter generation with a causal LM: sample N candidate lists, parse, filter, keep K.
 
-    model, tok = load_generator("runs/demo/sft/model")
-    [res] = generate(model, tok, [["One Piece cosplay", "sourdough starter"]], embed,
+    engine = EngineSpec.from_config(cfg).load("runs/demo/sft/model")   # hf | llamacpp
+    [res] = generate(engine, [["One Piece cosplay", "sourdough starter"]], embed,
                      GenerationParams(k=4, num_candidates=8))
     res.starters      # -> ['Which One Piece arc ...?', ...] (K starters, filtered)
     res.reason        # -> 'ok' | 'merged' | 'too_few_valid'
@@ -14,6 +14,8 @@ candidate lists), serving and the training-free baselines of the paper:
 * **SFT / DPO** — the tuned model prompted with ``I*``.
 
 The three differ only in the model and in which texts are passed as ``interests``.
+Sampling goes through a generation engine (:mod:`icebreaker_ray.isg.engines`); this module
+holds the ``hf`` engine's sampler (:func:`sample_chat`) and what every engine shares.
 Model output is never trusted: every candidate goes through
 :func:`~icebreaker_ray.isg.parse.parse_starters` and the rule filter, and nothing here
 raises on garbage output.
@@ -22,7 +24,7 @@ raises on garbage output.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,7 @@ from icebreaker_ray.isg.prompts import generator_messages
 
 if TYPE_CHECKING:
     from icebreaker_ray.config import Config
+    from icebreaker_ray.isg.engines import Engine
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ def sample_chat(
     batch_size: int = 8,
     seed: int | None = None,
     do_sample: bool = True,
+    on_step: Callable[[dict[int, tuple[str, bool]]], None] | None = None,
 ) -> list[list[str]]:
     """Sample ``num_return`` completions per chat, about ``batch_size`` sequences per forward.
 
@@ -110,7 +114,9 @@ def sample_chat(
     ``model.generate`` call serves a whole batch. Each prompt is prefilled once and its
     KV cache repeated for its ``num_return`` samples (the prompt is most of the tokens a
     sample reads: prefilling it once per sample took a fifth of the time, bench_sampling.py).
-    Returns the decoded completions, one list per conversation.
+    Returns the decoded completions, one list per conversation. ``on_step`` (streaming)
+    gets ``{i * num_return + j: (text so far, finished)}`` after each step of each call
+    (see :mod:`icebreaker_ray.isg.engines`).
     """
     import copy
 
@@ -146,15 +152,56 @@ def sample_chat(
                 left -= n
                 cache = copy.deepcopy(prefix) if left else prefix  # generate extends it in place
                 cache.batch_repeat_interleave(n)
+                first = num_return - left - n  # index of the first sample of this call
+                seqs = [idx[row // n] * num_return + first + row % n for row in range(len(idx) * n)]
                 gen = model.generate(
                     input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
                     past_key_values=cache, do_sample=do_sample, max_new_tokens=max_new_tokens,
                     pad_token_id=tok.pad_token_id, **sampling,
+                    streamer=_step_streamer(tok, seqs, on_step) if on_step else None,
                 )
                 texts = tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
                 for row, text in enumerate(texts):
                     out[idx[row // n]].append(text)
     return out
+
+
+def _step_streamer(tok: Any, seqs: list[int], on_step: Callable) -> Any:
+    """A transformers streamer for a whole batch: ``put`` gets the prompt ids once, then one
+    token per row per step; it reports each row's text as sequence ``seqs[row]``."""
+    from transformers.generation.streamers import BaseStreamer
+
+    stop = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
+
+    class StepStreamer(BaseStreamer):
+        def __init__(self) -> None:
+            self.prompt_seen = False
+            self.tokens: list[list[int]] = [[] for _ in seqs]
+            self.done = [False] * len(seqs)
+
+        def put(self, value) -> None:
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            news = {}
+            for row, token in enumerate(value.reshape(-1).tolist()):
+                if self.done[row]:
+                    continue
+                if token in stop:
+                    self.done[row] = True
+                else:
+                    self.tokens[row].append(int(token))
+                news[seqs[row]] = (tok.decode(self.tokens[row], skip_special_tokens=True), self.done[row])
+            if news:
+                on_step(news)
+
+        def end(self) -> None:
+            news = {seqs[r]: (tok.decode(t, skip_special_tokens=True), True)
+                    for r, t in enumerate(self.tokens) if not self.done[r]}
+            if news:  # rows cut off by max_new_tokens end here
+                on_step(news)
+
+    return StepStreamer()
 
 
 def select_list(texts: Sequence[str], safety: SafetyFilter, k: int,
@@ -179,8 +226,7 @@ def select_list(texts: Sequence[str], safety: SafetyFilter, k: int,
 
 
 def generate(
-    model: Any,
-    tok: Any,
+    engine: Engine,
     interests: Sequence[Sequence[str]],
     embed: EmbedFn,
     params: GenerationParams | None = None,
@@ -198,10 +244,9 @@ def generate(
     params = params or GenerationParams()
     safety = safety or SafetyFilter(embed, params.filter_params())
     convs = [generator_messages(list(x), k=params.k, max_chars=params.max_chars) for x in interests]
-    samples = sample_chat(
-        model, tok, convs, num_return=params.num_candidates, temperature=params.temperature,
-        top_p=params.top_p, max_new_tokens=params.max_new_tokens,
-        batch_size=params.batch_size, seed=seed,
+    samples = engine.sample(
+        convs, num_return=params.num_candidates, temperature=params.temperature,
+        top_p=params.top_p, max_new_tokens=params.max_new_tokens, seed=seed,
     )
     return [select_list(texts, safety, params.k, list(x))
             for texts, x in zip(samples, interests, strict=True)]

@@ -113,17 +113,18 @@ class InterestDistiller:
 
 @serve.deployment
 class StarterGenerator:
-    """Samples N candidate lists per request; concurrent requests share one ``generate``
-    call (``@serve.batch``); streaming callers get per-step progress of their batch."""
+    """Samples N candidate lists per request with the configured engine; concurrent
+    requests share one engine call (``@serve.batch``); streaming callers get per-step
+    progress of their batch."""
 
     def __init__(self, cfg: Config, art: Artifacts) -> None:
+        from icebreaker_ray.isg.engines import EngineSpec
         from icebreaker_ray.isg.generate import GenerationParams
-        from icebreaker_ray.models import load_generator
 
         _replica_setup(cfg, "StarterGenerator")
-        model, tok = load_generator(art.generator, cfg.models.dtype, cfg.models.cache_dir)
+        spec = EngineSpec.from_config(cfg, threads=deployment_settings(cfg, "StarterGenerator").num_threads)
         n = cfg.serve.num_candidates or cfg.generation.num_candidates
-        self.sampler = BatchSampler(model, tok, GenerationParams.from_config(cfg), n)
+        self.sampler = BatchSampler(spec.load(art.generator), GenerationParams.from_config(cfg), n)
         # One generate() at a time: batches queue up behind it and grow meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self._batched.set_max_batch_size(cfg.serve.max_batch_size)

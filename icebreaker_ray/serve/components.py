@@ -2,8 +2,8 @@
 
     distiller = InterestDistillerCore(cfg, art)       # I* for one user (paper §2.2, eq. 4)
     d = distiller.distill("u0000003", summaries=None)
-    sampler = BatchSampler(model, tok, params, num_candidates=8)
-    [texts] = sampler.run([GenJob(d.interests, k=4)])  # N sampled lists per job, one generate()
+    sampler = BatchSampler(EngineSpec.from_config(cfg).load(art.generator), params, num_candidates=8)
+    [texts] = sampler.run([GenJob(d.interests, k=4)])  # N sampled lists per job, one engine call
     selector = ListSelectorCore(cfg, art)
     picks = selector.select("u0000003", d.history, d.interests, texts, k=4)
 
@@ -12,9 +12,9 @@
   threshold tau_b of the user's activity bucket, best ``gating.max_interests`` first.
   Without a scorer in the run, it falls back to the most recent
   ``generation.max_summaries`` summaries (the PE input). No history at all: cold start.
-* :class:`BatchSampler` samples the candidate lists of several requests in one
-  ``model.generate`` call and reports progress per step, so a streaming request sees each
-  starter as soon as the model has finished writing it.
+* :class:`BatchSampler` samples the candidate lists of several requests in one call of
+  the generation engine (``generation.engine``: hf or llamacpp) and reports progress per
+  step, so a streaming request sees each starter as soon as the model has finished writing it.
 * :class:`ListSelectorCore` parses the candidates, applies the same rule/safety filter
   as training (:class:`~icebreaker_ray.isg.filters.SafetyFilter`), scores the survivors
   with the utility ranker R_util (relevance to I* when the run has no ranker) and picks
@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from transformers.generation.streamers import BaseStreamer
 
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
+from icebreaker_ray.isg.engines import Engine
 from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
 from icebreaker_ray.isg.generate import GenerationParams
 from icebreaker_ray.isg.parse import parse_starters
@@ -203,91 +203,50 @@ def finished_starters(text: str, done: bool) -> list[str]:
     return found if done else found[:-1]
 
 
-class _StepStreamer(BaseStreamer):
-    """A ``transformers`` streamer for a whole batch: ``put`` gets the prompt ids once,
-    then one token per sequence per step, which it hands to ``on_step``."""
-
-    def __init__(self, on_step: Callable[[list[int]], None]) -> None:
-        self.on_step = on_step
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self.on_step(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        pass
-
-
 class BatchSampler:
-    """Samples ``num_candidates`` lists for every job of a batch in one ``generate`` call."""
+    """Samples ``num_candidates`` lists for every job of a batch in one engine call
+    (:mod:`icebreaker_ray.isg.engines`: the candidates of a request share its prompt)."""
 
-    def __init__(self, model, tok, params: GenerationParams, num_candidates: int) -> None:
-        self.model, self.tok, self.params = model, tok, params
+    def __init__(self, engine: Engine, params: GenerationParams, num_candidates: int) -> None:
+        self.engine, self.params = engine, params
         self.num_candidates = num_candidates
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        tok.padding_side = "left"
-        self.stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
-
-    def prompts(self, jobs: Sequence[GenJob]) -> list[str]:
-        return [self.tok.apply_chat_template(
-            generator_messages(job.interests, k=job.k, max_chars=self.params.max_chars),
-            tokenize=False, add_generation_prompt=True) for job in jobs]
 
     def run(self, jobs: Sequence[GenJob],
             emit: Callable[[list[GenUpdate]], None] | None = None) -> list[list[str]]:
         """Generate; returns the candidate texts per job. ``emit`` (if given) receives one
         :class:`GenUpdate` per job whenever a streaming job has news."""
-        import torch
-
-        n = self.num_candidates
-        owner = [j for j in range(len(jobs)) for _ in range(n)]
-        flat = [p for p in self.prompts(jobs) for _ in range(n)]
-        enc = self.tok(flat, return_tensors="pt", padding=True, add_special_tokens=False)
-        progress = _Progress(self, jobs, owner, emit) if emit and any(j.stream for j in jobs) else None
-        with torch.no_grad():
-            ids = self.model.generate(
-                **enc, do_sample=True, temperature=self.params.temperature, top_p=self.params.top_p,
-                max_new_tokens=self.params.max_new_tokens, pad_token_id=self.tok.pad_token_id,
-                streamer=_StepStreamer(progress.step) if progress else None,
-            )
-        texts = self.tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        out: list[list[str]] = [[] for _ in jobs]
-        for j, text in zip(owner, texts, strict=True):
-            out[j].append(text)
-        return out
+        convs = [generator_messages(job.interests, k=job.k, max_chars=self.params.max_chars)
+                 for job in jobs]
+        progress = (_Progress(jobs, self.num_candidates, emit)
+                    if emit and any(j.stream for j in jobs) else None)
+        return self.engine.sample(
+            convs, num_return=self.num_candidates, temperature=self.params.temperature,
+            top_p=self.params.top_p, max_new_tokens=self.params.max_new_tokens,
+            on_step=progress.step if progress else None)
 
 
 class _Progress:
-    """Per-step bookkeeping of :meth:`BatchSampler.run` for streaming jobs."""
+    """Per-step bookkeeping of :meth:`BatchSampler.run` for streaming jobs: the engine
+    reports ``{sequence: (text so far, finished)}``; sequence ``s`` is a sample of job
+    ``s // num_candidates``."""
 
-    def __init__(self, sampler: BatchSampler, jobs: Sequence[GenJob], owner: list[int],
+    def __init__(self, jobs: Sequence[GenJob], num_candidates: int,
                  emit: Callable[[list[GenUpdate]], None]) -> None:
-        self.sampler, self.jobs, self.owner, self.emit = sampler, jobs, owner, emit
-        self.tokens: list[list[int]] = [[] for _ in owner]
-        self.done = [False] * len(owner)
-        self.reported = [0] * len(owner)  # finished starters already sent, per sequence
-        self.first = True
+        self.jobs, self.n, self.emit = jobs, num_candidates, emit
+        self.reported: dict[int, int] = {}  # finished starters already sent, per sequence
+        self.started = [False] * len(jobs)  # a job's first token has been reported
 
-    def step(self, step_tokens: list[int]) -> None:
-        updates = [GenUpdate(first_token=self.first and job.stream) for job in self.jobs]
-        self.first = False
-        for seq, token in enumerate(step_tokens):
-            if self.done[seq]:
+    def step(self, news: dict[int, tuple[str, bool]]) -> None:
+        updates = [GenUpdate() for _ in self.jobs]
+        for seq, (text, done) in news.items():
+            j = seq // self.n
+            if not self.jobs[j].stream:
                 continue
-            if token in self.sampler.stop_ids:
-                self.done[seq] = True
-            else:
-                self.tokens[seq].append(int(token))
-            if not self.jobs[self.owner[seq]].stream:
-                continue
-            text = self.sampler.tok.decode(self.tokens[seq], skip_special_tokens=True)
-            found = finished_starters(text, self.done[seq])
-            if len(found) > self.reported[seq]:
-                updates[self.owner[seq]].new_starters.extend(found[self.reported[seq]:])
+            if not self.started[j]:
+                self.started[j] = updates[j].first_token = True
+            found = finished_starters(text, done)
+            if len(found) > self.reported.get(seq, 0):
+                updates[j].new_starters.extend(found[self.reported.get(seq, 0):])
                 self.reported[seq] = len(found)
         if not all(u.empty for u in updates):
             self.emit(updates)

@@ -1,0 +1,152 @@
+"""Generation engines (isg/engines.py) and their GGUF export (isg/gguf_export.py) on the
+tiny random Llama: same prompts in, N completions and parsed lists out, seeded;
+llama.cpp on an f32 GGUF of the model writes what transformers writes, token for token;
+a changed model folder is converted again; the vllm configs build from the preset."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from isg_support import fake_embed
+
+from icebreaker_ray.isg.engines import EngineError, EngineSpec, HFEngine
+from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
+from icebreaker_ray.isg.generate import GenerationParams, generate
+from icebreaker_ray.isg.prompts import generator_messages
+
+CONVS = [generator_messages(x, k=3) for x in
+         (["One Piece cosplay"], ["sourdough starter", "ramen in Osaka"], ["chess openings"])]
+FILTER = FilterParams(k=3, sensitive_threshold=1.01)  # the hashed embedder is no safety model
+
+
+@pytest.fixture(scope="module")
+def hf_engine(tiny_generator):
+    return EngineSpec(batch_size=8).load(tiny_generator)
+
+
+@pytest.fixture(scope="module")
+def llama_engine(tiny_generator):
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make setup builds it)")
+    # f32: the GGUF holds exactly the HF weights, so greedy decoding must agree.
+    return EngineSpec(kind="llamacpp", batch_size=8, gguf_outtype="f32", threads=2).load(tiny_generator)
+
+
+@pytest.fixture(params=["hf", "llamacpp"])
+def engine(request, hf_engine):
+    return hf_engine if request.param == "hf" else request.getfixturevalue("llama_engine")
+
+
+def test_engine_samples_n_seeded_completions_per_chat(engine):
+    out = engine.sample(CONVS, num_return=3, max_new_tokens=12, seed=7)
+    assert [len(x) for x in out] == [3, 3, 3]
+    assert all(isinstance(t, str) and t for x in out for t in x)
+    assert engine.sample(CONVS, num_return=3, max_new_tokens=12, seed=7) == out  # seeded
+    other = engine.sample(CONVS, num_return=3, max_new_tokens=12, seed=8)
+    assert other != out
+    # a prompt's samples differ from each other (not one sample copied N times)
+    assert all(len(set(x)) > 1 for x in out)
+
+
+def test_generate_parses_and_filters_through_either_engine(engine):
+    params = GenerationParams(k=3, num_candidates=3, max_new_tokens=16, batch_size=8, filter=FILTER)
+    results = generate(engine, [["One Piece cosplay"], ["sourdough", "ramen"]], fake_embed, params, seed=0)
+    safety = SafetyFilter(fake_embed, FILTER)
+    for res in results:
+        assert len(res.candidates) == 3 and all(c.text for c in res.candidates)
+        assert res.reason in {"ok", "merged", "too_few_valid"}
+        assert all(safety.is_safe(s) for s in res.starters)
+
+
+def test_streaming_reports_every_sequence_up_to_its_final_text(engine):
+    seen: dict[int, tuple[str, bool]] = {}
+    steps = []
+
+    def on_step(news):
+        steps.append(len(news))
+        for seq, (text, done) in news.items():
+            assert not seen.get(seq, ("", False))[1], "a finished sequence reported again"
+            seen[seq] = (text, done)
+
+    out = engine.sample(CONVS[:2], num_return=2, max_new_tokens=10, seed=3, on_step=on_step)
+    assert len(steps) >= 10  # one report per decoding step
+    assert {s: t for s, (t, _) in seen.items()} == {i * 2 + j: out[i][j] for i in range(2) for j in range(2)}
+    assert all(done for _, done in seen.values())
+
+
+def test_gguf_export_reproduces_hf_greedy_output(hf_engine, llama_engine):
+    convs = [*CONVS, [{"role": "user", "content": "hi"}]]
+    hf = hf_engine.sample(convs, num_return=2, max_new_tokens=16, do_sample=False)
+    ll = llama_engine.sample(convs, num_return=2, max_new_tokens=16, do_sample=False)
+    assert all(t for x in hf for t in x)  # real completions, not empty ones
+    assert all(x[0] == x[1] for x in ll)  # greedy: a prompt's sequences agree in the batch
+    assert ll == hf
+
+
+def test_stale_gguf_is_converted_again(tiny_generator, tmp_path):
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make setup builds it)")
+    import json
+
+    from icebreaker_ray.isg.gguf_export import gguf_dir, gguf_file
+    from icebreaker_ray.models import load_generator, tiny_random_generator
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_generator, model)
+    first = gguf_file(str(model), "f32")
+    manifest = gguf_dir(str(model)) / "manifest-f32.json"
+    created = json.loads(manifest.read_text())["created"]
+    assert gguf_file(str(model), "f32") == first  # fresh: reused
+    assert json.loads(manifest.read_text())["created"] == created
+    # retrain in place: other weights in the same folder
+    other = tiny_random_generator(tmp_path / "other", seed=1)
+    shutil.copy(f"{other}/model.safetensors", model / "model.safetensors")
+    assert gguf_file(str(model), "f32") == first
+    assert json.loads(manifest.read_text())["created"] != created
+    # ... and the new GGUF holds the new weights: greedy output follows the new model
+    from icebreaker_ray.isg.engines import LlamaCppEngine
+
+    m, tok = load_generator(str(model))
+    hf = HFEngine(m, tok).sample(CONVS[:2], max_new_tokens=12, do_sample=False)
+    ll = LlamaCppEngine(first, tok, threads=2).sample(CONVS[:2], max_new_tokens=12, do_sample=False)
+    assert ll == hf
+
+
+def test_bad_engine_settings_fail_clearly(tiny_generator, tmp_path):
+    from icebreaker_ray.config import ConfigError, load_config
+    from icebreaker_ray.isg.gguf_export import GGUFExportError, gguf_file
+
+    with pytest.raises(ConfigError, match="generation.engine"):
+        load_config("local-cpu", ["generation.engine=onnx"])
+    cfg = load_config("local-cpu", ["generation.engine=vllm"])
+    with pytest.raises(EngineError, match="GPU"):
+        EngineSpec.from_config(cfg).load(tiny_generator)
+    with pytest.raises(ValueError, match="outtype"):
+        gguf_file(tiny_generator, "q2_k")
+    with pytest.raises(GGUFExportError, match="no config.json"):
+        gguf_file(str(tmp_path))
+
+
+def test_vllm_configs_build_from_the_gpu_preset():
+    import pyarrow as pa
+
+    from icebreaker_ray.config import load_config
+    from icebreaker_ray.isg import vllm
+
+    cfg = load_config("gpu-cluster", ["generation.engine=vllm"])
+    rows = vllm.candidate_rows(pa.table({"user_id": ["u1", "u2"], "interests": [["a b"], ["c"]]}), cfg)
+    assert rows.num_rows == 2 * cfg.generation.num_candidates
+    seeds = [r["sampling_params"]["seed"] for r in rows.to_pylist()]
+    assert len(set(seeds)) == len(seeds)  # every candidate row samples on its own
+    assert rows.column("messages")[0].as_py() == rows.column("messages")[1].as_py()  # one prompt per user
+    pytest.importorskip("ray.data.llm")
+    proc = vllm.processor_config(cfg, "s3://icebreaker-runs/prod/sft/model")
+    assert proc.model_source.endswith("sft/model")
+    assert proc.engine_kwargs["enable_prefix_caching"] is True
+    assert proc.engine_kwargs["dtype"] == "bfloat16"
+    assert proc.batch_size == cfg.generation.batch_size
+    try:
+        from ray.serve.llm import LLMConfig  # noqa: F401  (needs vLLM installed)
+    except ImportError:
+        pytest.skip("ray.serve.llm needs vLLM (pip install 'ray[llm]'), not installable here")
+    llm = vllm.llm_config(cfg, "s3://icebreaker-runs/prod/sft/model")
+    assert llm.deployment_config["autoscaling_config"]["max_replicas"] == 16
