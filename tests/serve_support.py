@@ -191,7 +191,7 @@ def fake_handles():
         distiller=_FakeDeployment(distill=distill, known_users=lambda: sorted(USERS)),
         generator=_FakeDeployment(sample=texts, stream=stream),
         selector=_FakeDeployment(
-            select=select, screen=lambda shown, new: new,
+            select=select, screen=lambda shown, new, interests: new,
             cold_start=lambda k: [Pick(s, float(c), "cold_start") for s, c in LOGGED_STARTERS[:k]]))
 
 
