@@ -175,15 +175,14 @@ def rule_based_scores(user_ids, ts_days, embeddings, sim_threshold: float, half_
     recency = ``recency_weight * 0.5 ** (age / half_life_days)``, age from ``now_days``
     (default: the user's last session).
     """
+    from icebreaker_ray.rid.noise import support_counts
+
     user_ids = np.asarray(user_ids)
     ts = np.asarray(ts_days, float)
+    freq = support_counts(user_ids, embeddings, sim_threshold, block) + 1  # itself included
     out = np.zeros(len(user_ids))
     for uid in np.unique(user_ids):
         rows = np.flatnonzero(user_ids == uid)
-        emb = embeddings[rows]
-        freq = np.zeros(len(rows))
-        for s in range(0, len(rows), block):
-            freq[s: s + block] = (emb[s: s + block] @ emb.T >= sim_threshold).sum(1)
         now = ts[rows].max() if now_days is None else now_days
-        out[rows] = freq + recency_weight * 0.5 ** (np.maximum(now - ts[rows], 0) / half_life_days)
+        out[rows] = freq[rows] + recency_weight * 0.5 ** (np.maximum(now - ts[rows], 0) / half_life_days)
     return out
