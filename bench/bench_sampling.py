@@ -87,20 +87,41 @@ def timed_one_by_one(engine, tok, convs, candidates: int, max_new_tokens: int) -
     return time.perf_counter() - t, tokens
 
 
-def parity_interests(run: str | None, users: int) -> list[list[str]]:
+def parity_interests(run: str | None, users: int) -> tuple[list[str], list[list[str]]]:
+    """(user ids, prompt interests): the run's first users' trigger interests, else a fixed list."""
     if run is None:
-        return [INTERESTS[i % len(INTERESTS)] for i in range(users)]
+        return [f"fixed-{i}" for i in range(users)], [INTERESTS[i % len(INTERESTS)] for i in range(users)]
     from icebreaker_ray import layout
 
     by_user = layout.trigger_interests(run)
-    return [by_user[u] for u in sorted(by_user)[:users]]
+    ids = sorted(by_user)[:users]
+    return ids, [by_user[u] for u in ids]
+
+
+def oracle_p_click(cfg, run: str | None, ids: list[str], lists: list[list[str]]) -> float | None:
+    """Mean true P(click any starter) of the lists under the simulator of ``run`` (None
+    without a simulated run): the utility figure of Table 1."""
+    if run is None or cfg.data.source != "sim":
+        return None
+    import numpy as np
+
+    from icebreaker_ray.eval.stage import latest_state
+    from icebreaker_ray.sim.rollout import oracle_click_probabilities
+
+    probs = oracle_click_probabilities(latest_state(run, cfg), {u: s for u, s in zip(ids, lists, strict=True) if s})
+    return float(np.mean([probs[u].sum() if u in probs else 0.0 for u in ids]))
 
 
 def bench_engines(args, threads: int) -> None:
     from icebreaker_ray.config import load_config
     from icebreaker_ray.isg.engines import EngineSpec
     from icebreaker_ray.isg.filters import SafetyFilter
-    from icebreaker_ray.isg.generate import GenerationParams, format_pass_rate, generate
+    from icebreaker_ray.isg.generate import (
+        GenerationParams,
+        format_pass_rate,
+        generate,
+        invented_rate,
+    )
     from icebreaker_ray.models import TextEncoder, load_tokenizer, resolve_generator
 
     cfg = load_config(args.config, [f"generation.max_new_tokens={args.max_new_tokens}"])
@@ -136,7 +157,7 @@ def bench_engines(args, threads: int) -> None:
             report("llamacpp, one sequence per call", took, tokens)
     if not args.parity_users:
         return
-    interests = parity_interests(args.run, args.parity_users)
+    ids, interests = parity_interests(args.run, args.parity_users)
     params = GenerationParams.from_config(cfg)
     params = GenerationParams(**{**vars(params), "num_candidates": args.candidates, "batch_size": args.batch})
     safety = SafetyFilter(TextEncoder(cfg.models.embedder), params.filter_params())
@@ -145,10 +166,13 @@ def bench_engines(args, threads: int) -> None:
     for kind, engine in engines.items():
         t = time.perf_counter()
         res = generate(engine, interests, safety.embed, params, seed=0, safety=safety)
+        took = time.perf_counter() - t
         lists = sum(len(r.candidates) for r in res)
+        p_click = oracle_p_click(cfg, args.run, ids, [r.starters for r in res])
+        truth = f"oracle P(click) {p_click:.3f}; " if p_click is not None else ""
         print(f"{kind:>9}: format pass rate {format_pass_rate(res):.3f} of {lists} lists; "
               f"users with K starters {sum(len(r.starters) == params.k for r in res)}/{len(res)}; "
-              f"{time.perf_counter() - t:.1f} s", flush=True)
+              f"invented-entity rate {invented_rate(res):.3f}; {truth}{took:.1f} s", flush=True)
 
 
 def main() -> None:

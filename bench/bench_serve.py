@@ -18,6 +18,8 @@ same safety filter:
   with ``refresh`` (no cache). First token: the ``first_token`` event of
   ``POST /v1/starters/stream``; first starter: its first filtered ``starter`` event.
 
+With ``--run``, the ``--known`` first known users' lists are precomputed first
+(``icebreaker precompute``, timed) and each is then asked for once: the known-user path.
 Latency p50/p99 at concurrency 1 and 8, then requests/s sustained for ``--duration``
 seconds at concurrency 8 (errors counted). Each request carries a different pasted
 history, so nothing is answered from the cache. The baseline runs first and its actor is
@@ -187,7 +189,21 @@ def sustained(url: str, seconds: float, concurrency: int) -> dict:
     return {**counts, "seconds": took, "rps": counts["ok"] / took}
 
 
-def bench_serve(cfg, run_dir: str | None, model: str, args) -> dict:
+def bench_known(client: httpx.Client, users: list[str]) -> dict:
+    """Known users answered from the precomputed store: each user once, one at a time
+    (a second request would be the per-replica TTL cache, not the store)."""
+    rows = []
+    for user in users:
+        start = time.perf_counter()
+        resp = client.post("/v1/starters", json={"user_id": user})
+        rows.append({"latency": time.perf_counter() - start, "ok": resp.status_code == 200,
+                     "source": resp.json().get("source") if resp.status_code == 200 else None})
+    return {"list": summary([r["latency"] for r in rows if r["ok"]]),
+            "precomputed": sum(r["source"] == "precomputed" for r in rows),
+            "errors": sum(not r["ok"] for r in rows)}
+
+
+def bench_serve(cfg, run_dir: str | None, model: str, args, known: list[str] | None = None) -> dict:
     from ray import serve
 
     from icebreaker_ray.raykit import init_ray, shutdown
@@ -213,6 +229,8 @@ def bench_serve(cfg, run_dir: str | None, model: str, args) -> dict:
                     "errors": sum(not r["ok"] for r in lists + streams),
                     "short_lists": sum(r["valid"] < cfg.generation.K for r in lists if r["ok"]),
                 }
+            if known:
+                out["known"] = bench_known(c, known)
         out["sustained"] = sustained(url, args.duration, 8)
     finally:
         serve.shutdown()
@@ -228,6 +246,8 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=None, help="lists per request (default: config)")
     ap.add_argument("--requests", type=int, default=6, help="requests per latency measurement")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of the sustained run")
+    ap.add_argument("--known", type=int, default=32,
+                    help="with --run: precompute this many known users' lists, then time them")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -241,15 +261,27 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     sft = Path(args.run, "sft", "model") if args.run else None
     model = resolve_generator(args.model or (str(sft) if sft and sft.is_dir() else cfg.models.generator))
-    candidates = cfg.serve.num_candidates or cfg.generation.num_candidates
+    from icebreaker_ray.serve.components import candidates_per_request
+
+    candidates = candidates_per_request(cfg)
     load = os.getloadavg()[0]
 
     from icebreaker_ray.raykit import init_ray
 
     init_ray(cfg)
     base = bench_baseline(cfg, model, candidates, args)
-    served = bench_serve(cfg, args.run, model, args)
+    known, pre = None, None
+    if args.run and args.known:
+        from icebreaker_ray.serve.components import known_histories
+        from icebreaker_ray.serve.precompute import precompute
+
+        sessions = Path(args.run, "simulate", "sessions.parquet")
+        known = sorted(known_histories(str(sessions), cfg.serve.max_summary_chars))[: args.known]
+        res = precompute(cfg, args.run, users=known, model=model, force=True)
+        pre = {"users": len(known), "seconds": res.seconds}
+    served = bench_serve(cfg, args.run, model, args, known)
     result = {"model": model, "candidates": candidates, "K": cfg.generation.K,
+              "engine": cfg.generation.engine, "precompute": pre,
               "max_new_tokens": cfg.generation.max_new_tokens, "load_avg_at_start": load,
               "load_avg_at_end": os.getloadavg()[0], "baseline": base, "serve": served}
     print(json.dumps(result, indent=2))
@@ -269,6 +301,11 @@ def render(r: dict) -> str:
         rows.append(f"| first token p50 / p99 (s) | {conc} | {s['ttft']['p50']:.2f} / {s['ttft']['p99']:.2f} "
                     f"| {b['ttft']['p50']:.2f} / {b['ttft']['p99']:.2f} |")
         rows.append(f"| first filtered starter p50 (s) | {conc} | {s['first_starter']['p50']:.2f} | – |")
+    if r["serve"].get("known"):
+        kn, pre = r["serve"]["known"], r["precompute"]
+        rows.append(f"| known user, precomputed list p50 / p99 (ms) | 1 | {1000 * kn['list']['p50']:.0f} / "
+                    f"{1000 * kn['list']['p99']:.0f} ({kn['precomputed']} of {kn['list']['n']} from the store; "
+                    f"precompute: {pre['users']} users in {pre['seconds']:.0f} s) | – |")
     sus = r["serve"]["sustained"]
     rows.append(f"| sustained, {sus['seconds']:.0f} s | 8 | {sus['rps']:.2f} req/s, {sus['errors']} errors "
                 f"({sus['ok']} answered) | – |")

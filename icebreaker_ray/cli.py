@@ -275,6 +275,32 @@ def serve(
     _guarded(body)
 
 
+@app.command()
+def precompute(
+    config: ConfigOpt = "local-cpu",
+    out: Annotated[str | None, typer.Option("--out", "-o", help="The run to serve (default: run.storage_path/run.name).")] = None,
+    users: Annotated[str | None, typer.Option(help="Comma-separated user ids (default: every known user of the run).")] = None,
+    k: Annotated[int | None, typer.Option(help="Starters per list (default: generation.K).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Regenerate fresh entries too.")] = False,
+    model: Annotated[str | None, typer.Option(help="Generator (default: the run's promoted one, as `serve` uses).")] = None,
+    overrides: SetOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Generate and store known users' lists, so `serve` answers them from the store in
+    milliseconds: users whose entry is missing or stale (new sessions, another model)."""
+
+    def body() -> None:
+        from icebreaker_ray.serve.precompute import precompute as run
+
+        cfg = _load(config, overrides, address)
+        wanted = [u.strip() for u in users.split(",") if u.strip()] if users else None
+        res = run(cfg, out or default_out(cfg), users=wanted, k=k, force=force, model=model)
+        console.print(f"precompute: {res.generated} lists generated, {res.kept} still fresh, "
+                      f"{res.total} in the store ({res.seconds} s) -> {res.path}", highlight=False)
+
+    _guarded(body)
+
+
 @app.command("import-chitchat")
 def import_chitchat(
     out: Annotated[str, typer.Option("--out", "-o", help="Directory (or URI) to write users/sessions Parquet into; point data.source at it.")],

@@ -351,7 +351,7 @@ class ServeSection(Section):
     deployments: dict[str, DeploymentSection] = {}
     # Request bodies larger than this are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    # Candidate lists sampled per request (None: generation.num_candidates).
+    # Candidate lists sampled per request (None: eval.num_candidates, as evaluate samples).
     num_candidates: int | None = Field(default=None, ge=1)
     # @serve.batch of the StarterGenerator: requests per model.generate call, and how long
     # the first request of a batch waits for company.

@@ -5,6 +5,7 @@ one, and the trigger interests I* every consumer reads.
     layout.scorer_dir("runs/demo")              # runs/demo/train-scorer/scorer
     layout.promoted_generator("runs/demo")      # what evaluate grades as ICEBREAKER and serve serves
     layout.trigger_interests("runs/demo")       # {"u0001": ["Asked about One Piece ...", ...]}
+    layout.precomputed_lists("runs/demo")       # runs/demo/serve/precomputed.parquet
     layout.missing_clicks("runs/byo")           # "the logs have no impressions" (or None)
     layout.util_ranker("runs/byo")              # None: no ranker, list search uses the proxy
 
@@ -73,6 +74,11 @@ def promoted_generator(out: str) -> str:
     if io.is_complete(out, "dpo"):
         return dpo_generator(out)
     return sft_generator(out)
+
+
+def precomputed_lists(out: str) -> str:
+    """The server's ready answers for known users (``icebreaker precompute``)."""
+    return io.join(out, "serve", "precomputed.parquet")
 
 
 def generator_stage(out: str, uri: str) -> str:

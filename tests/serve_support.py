@@ -171,7 +171,7 @@ def fake_handles():
     from icebreaker_ray.serve.components import Distilled, GenUpdate, Pick
     from icebreaker_ray.serve.web import Handles
 
-    def distill(user_id, summaries):
+    def distill(user_id, summaries, k=None):
         history = summaries or USERS.get(user_id or "", (0, None, []))[2]
         return Distilled(interests=history[-2:], history=history, cold_start=not history,
                          method="recent" if history else "none", known_user=user_id in USERS)

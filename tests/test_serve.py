@@ -25,9 +25,19 @@ from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
 K_DEFAULT = 4
 
 
+#: The known user whose list `icebreaker precompute` stores before the app starts.
+PRECOMPUTED = "u0000004"
+
+
 @pytest.fixture(scope="module")
 def app(ray_local, tiny_generator, tmp_path_factory):
+    from icebreaker_ray.config import load_config
+    from icebreaker_ray.serve.precompute import precompute
+
     run = build_run(tmp_path_factory.mktemp("serve-run"))
+    # The batch job on Ray Data, with the app's engine (llamacpp: its GGUF is exported here)
+    precompute(load_config("local-cpu", ["generation.max_new_tokens=48"]), run,
+               users=[PRECOMPUTED], model=tiny_generator)
     running = start_app(run, tiny_generator)
     yield running
     stop_app()
@@ -83,10 +93,38 @@ def test_known_user_gets_k_personal_starters(client, safety):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert_valid_list(body, 4, safety)
-    assert body["cold_start"] is False and body["cached"] is False
+    assert body["cold_start"] is False and body["cached"] is False and body["source"] == "online"
     # Trigger interests are the user's own logged summaries, chosen by scorer + gating.
     history = USERS["u0000001"][2]
     assert body["trigger_interests"] and set(body["trigger_interests"]) <= set(history)
+
+
+def test_known_user_is_answered_from_the_precomputed_store(client, app, safety):
+    """A fresh stored list is the answer (plain and streamed); `refresh` or a pasted new
+    session generates online instead."""
+    from icebreaker_ray import layout
+    from icebreaker_ray.serve.precompute import PrecomputedLists
+
+    [entry] = PrecomputedLists.load(layout.precomputed_lists(app.run_dir)).entries.values()
+    assert entry.user_id == PRECOMPUTED and entry.k == K_DEFAULT
+    body = client.post("/v1/starters", json={"user_id": PRECOMPUTED}).json()
+    assert body["source"] == "precomputed" and body["cached"] is False
+    assert [s["text"] for s in body["starters"]] == entry.starters
+    assert body["trigger_interests"] == entry.interests
+    assert_valid_list(body, K_DEFAULT, safety)
+    with client.stream("POST", "/v1/starters/stream", json={"user_id": PRECOMPUTED}) as resp:
+        events = [json.loads(line) for line in resp.iter_lines() if line]
+    assert [e["event"] for e in events] == ["meta", *["starter"] * K_DEFAULT, "done"]
+    assert events[-1]["response"]["source"] == "precomputed"
+    assert [e["text"] for e in events[1:-1]] == entry.starters
+
+    fresh = client.post("/v1/starters", json={"user_id": PRECOMPUTED, "refresh": True}).json()
+    assert fresh["source"] == "online" and fresh["cached"] is False
+    assert_valid_list(fresh, K_DEFAULT, safety)
+    newer = client.post("/v1/starters", json={"user_id": PRECOMPUTED,
+                                              "summaries": ["Lifetimes in async Rust code"]}).json()
+    assert newer["source"] == "online"  # the history changed: the stored list is stale
+    assert_valid_list(newer, K_DEFAULT, safety)
 
 
 def test_cache_ttl_and_refresh(client):
@@ -113,7 +151,7 @@ def test_no_history_gets_cold_start_list(client, safety, payload):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert_valid_list(body, K_DEFAULT, safety)
-    assert body["cold_start"] is True and body["trigger_interests"] == []
+    assert body["cold_start"] is True and body["trigger_interests"] == [] and body["source"] == "cold_start"
     assert {s["source"] for s in body["starters"]} == {"cold_start"}
     # Popular first: the most clicked logged starter leads the list.
     assert body["starters"][0]["text"] == "Recommend a feel-good movie for tonight?"

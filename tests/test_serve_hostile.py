@@ -162,7 +162,7 @@ def test_responses_never_carry_nan_or_lone_surrogates():
     starter = Starter(text="bad \ud800", score=float("nan"), position=0, source="generated")
     resp = StartersResponse(request_id="r", user_id=None, starters=[starter],
                             trigger_interests=["x\udfff"], model_version="m", cold_start=False,
-                            cached=False)
+                            cached=False, source="online")
     body = strict_json(resp.model_dump_json().encode())
     assert body["starters"][0] == {"text": "bad \ufffd", "score": 0.0, "position": 0,
                                    "source": "generated"}
@@ -199,3 +199,35 @@ def test_stream_lines_are_strict_json(app):
         lines = [strict_json(line) for line in b"".join(resp.iter_bytes()).splitlines() if line]
     assert [e["event"] for e in lines][0] == "meta" and lines[-1]["event"] == "done"
     assert lines[0]["trigger_interests"] == ["Ramen in 大阪"]
+
+
+def test_stream_that_fails_midway_ends_with_an_error_line(tmp_path):
+    """Once the stream has started (status 200), a failure inside generation is an
+    ``error`` line that closes it, never a stream that just stops; the server goes on."""
+    from serve_support import _FakeDeployment, fake_handles
+
+    from icebreaker_ray.config import load_config
+    from icebreaker_ray.serve.components import GenUpdate
+    from icebreaker_ray.serve.store import EventStore
+    from icebreaker_ray.serve.web import StarterService, make_http_app
+
+    handles = fake_handles()
+
+    async def broken(job):
+        yield GenUpdate(first_token=True)
+        raise RuntimeError("the engine crashed")
+
+    handles.generator = _FakeDeployment(sample=handles.generator.sample.fn, stream=broken)
+    cfg = load_config("local-cpu")
+    store = EventStore(str(tmp_path / "events.sqlite"))
+    service = StarterService(cfg, handles, store, "fake-model", has_scorer=False, has_ranker=False)
+    with TestClient(make_http_app(service, None, cfg.serve.max_body_bytes),
+                    raise_server_exceptions=False) as tc:
+        with tc.stream("POST", "/v1/starters/stream", json={"user_id": "u0000001"}) as resp:
+            assert resp.status_code == 200
+            lines = [strict_json(line) for line in b"".join(resp.iter_bytes()).splitlines() if line]
+        assert [e["event"] for e in lines] == ["meta", "first_token", "error"]
+        assert lines[-1]["status"] == 500 and "retry" in lines[-1]["detail"]
+        ok = tc.post("/v1/starters", json={"user_id": "u0000001", "k": 2})
+        assert ok.status_code == 200 and ok.json()["source"] == "online"
+    store.close()

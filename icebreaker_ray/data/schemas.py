@@ -93,6 +93,20 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("round", pa.int32(), nullable=False),
         ]
     ),
+    # The server's store of ready answers for known users (serve/precompute.py).
+    "precomputed_lists": pa.schema(
+        [
+            pa.field("user_id", pa.string(), nullable=False),
+            pa.field("k", pa.int32(), nullable=False),
+            pa.field("history_sha256", pa.string(), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),
+            pa.field("interests", STR_LIST, nullable=False),
+            pa.field("starters", STR_LIST, nullable=False),
+            pa.field("scores", pa.list_(pa.float64()), nullable=False),
+            pa.field("sources", STR_LIST, nullable=False),
+            pa.field("created_at", TS, nullable=False),
+        ]
+    ),
 }
 
 OPTIONAL: dict[str, frozenset[str]] = {

@@ -451,16 +451,18 @@ class SafetyFilter:
         return bool(self.sensitive_scores([text])[0] < self.params.sensitive_threshold)
 
     def filter(self, starters: Sequence[str] | None,
-               grounding: Sequence[str] | None = None) -> FilterResult:
+               grounding: Sequence[str] | None = None, k: int | None = None) -> FilterResult:
         """Filter one starter list; see the module docstring for the rules and their order.
 
         ``grounding``: the texts the starters were written from (a user's interests, or
         the summaries a baseline was prompted with); given, starters with invented words
         are rejected. None (e.g. the server's catalog cold-start list) skips that rule.
+        ``k``: the list length for this call (default ``params.k``; a server answers any K).
         """
         p = self.params
+        k = p.k if k is None else k
         grounded = None if grounding is None else grounding_vocabulary(grounding)
-        result = FilterResult(kept=[], rejected=[], counts=Counter(), k=p.k)
+        result = FilterResult(kept=[], rejected=[], counts=Counter(), k=k)
 
         def reject(text: str, reason: str) -> None:
             result.rejected.append((text, reason))
@@ -498,7 +500,7 @@ class SafetyFilter:
                 reject(original, "near_duplicate")
             else:
                 accepted.append(i)
-                if len(result.kept) < p.k:
+                if len(result.kept) < k:
                     result.kept.append(text)
                 else:
                     reject(original, "over_k")

@@ -206,21 +206,23 @@ def _step_streamer(tok: Any, seqs: list[int], on_step: Callable) -> Any:
 
 def select_list(texts: Sequence[str], safety: SafetyFilter, k: int,
                 grounding: Sequence[str] | None = None) -> GenerationResult:
-    """Parse and filter each candidate; return the first complete one, else a pooled list.
+    """The one list-selection policy (evaluation grades it, the server and the precomputed
+    store serve it): parse and filter each sampled candidate in order; the first that
+    keeps K starters is the list, else the valid starters of all candidates pooled.
 
     ``grounding``: the texts the lists were written from (the prompt's interests), for the
     filter's invented-entity rule."""
     candidates, rejections = [], Counter()
     for text in texts:
         parsed = parse_starters(text)
-        res = safety.filter(parsed.starters, grounding)
+        res = safety.filter(parsed.starters, grounding, k=k)
         rejections.update(res.counts)
         complete = parsed.status != "empty" and res.complete
         candidates.append(Candidate(text, parsed.status, res.kept, complete, len(parsed.starters)))
     for c in candidates:
         if c.complete:
             return GenerationResult(c.kept, "ok", candidates, rejections)
-    pooled = safety.filter([s for c in candidates for s in c.kept], grounding).kept
+    pooled = safety.filter([s for c in candidates for s in c.kept], grounding, k=k).kept
     reason = "merged" if len(pooled) >= k else "too_few_valid"
     return GenerationResult(pooled[:k], reason, candidates, rejections)
 

@@ -181,7 +181,8 @@ class StartersRequest(_Body):
     locale: Text | None = Field(
         default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$",
         description="BCP 47 tag. Accepted for forward compatibility; the models are English-only.")
-    refresh: StrictBool = Field(default=False, description="Bypass the per-user cache.")
+    refresh: StrictBool = Field(default=False, description="Generate anew: bypass the per-user "
+                                "cache and the precomputed list of a known user.")
 
 
 class Starter(BaseModel):
@@ -200,6 +201,10 @@ class StartersResponse(BaseModel):
     model_version: OutText
     cold_start: bool
     cached: bool
+    source: Literal["precomputed", "online", "cold_start"] = Field(
+        description="precomputed: a known user's stored list (`icebreaker precompute`), "
+                    "still fresh for this history and model; online: generated for this "
+                    "request; cold_start: no history, the cold-start list.")
 
 
 class FeedbackEvent(_Body):

@@ -6,7 +6,7 @@
     HTTP -> Ingress (FastAPI, web.py)
               -> InterestDistiller   embeddings + resonance scorer + gating  -> I*
               -> StarterGenerator    @serve.batch sampling of N candidate lists, streaming
-              -> ListSelector        safety filter, R_util + marginal diversity, top K
+              -> ListSelector        the evaluated list policy (isg.generate.select_list), R_util scores
 
 Each deployment gets its resources and ``autoscaling_config`` from
 ``serve.deployments.<Name>`` (keys not given there come from :data:`DEFAULTS`, sized so
@@ -38,6 +38,7 @@ from icebreaker_ray.serve.components import (
     InterestDistillerCore,
     ListSelectorCore,
     Pick,
+    candidates_per_request,
 )
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,9 @@ class InterestDistiller:
         _replica_setup(cfg, "InterestDistiller")
         self.core = InterestDistillerCore(cfg, art)
 
-    def distill(self, user_id: str | None, summaries: list[str] | None) -> Distilled:
-        return self.core.distill(user_id, summaries)
+    def distill(self, user_id: str | None, summaries: list[str] | None,
+                k: int | None = None) -> Distilled:
+        return self.core.distill(user_id, summaries, k)
 
     def known_users(self) -> list[str]:
         return self.core.known_users()
@@ -123,8 +125,8 @@ class StarterGenerator:
 
         _replica_setup(cfg, "StarterGenerator")
         spec = EngineSpec.from_config(cfg, threads=deployment_settings(cfg, "StarterGenerator").num_threads)
-        n = cfg.serve.num_candidates or cfg.generation.num_candidates
-        self.sampler = BatchSampler(spec.load(art.generator), GenerationParams.from_config(cfg), n)
+        self.sampler = BatchSampler(spec.load(art.generator), GenerationParams.from_config(cfg),
+                                    candidates_per_request(cfg))
         # One generate() at a time: batches queue up behind it and grow meanwhile.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
         self._batched.set_max_batch_size(cfg.serve.max_batch_size)
@@ -174,7 +176,7 @@ class StarterGenerator:
 
 @serve.deployment
 class ListSelector:
-    """Safety filter + R_util + marginal diversity -> the K-list (cold-start fill)."""
+    """The evaluated list policy + R_util scores -> the K-list (cold-start fill)."""
 
     def __init__(self, cfg: Config, art: Artifacts) -> None:
         _replica_setup(cfg, "ListSelector")

@@ -15,12 +15,13 @@
 * :class:`BatchSampler` samples the candidate lists of several requests in one call of
   the generation engine (``generation.engine``: hf or llamacpp) and reports progress per
   step, so a streaming request sees each starter as soon as the model has finished writing it.
-* :class:`ListSelectorCore` parses the candidates, applies the same rule/safety filter
-  as training (:class:`~icebreaker_ray.isg.filters.SafetyFilter`), scores the survivors
-  with the utility ranker R_util (relevance to I* when the run has no ranker) and picks
-  K greedily by R_util + lambda * marginal diversity gain (eq. 8). When fewer than K
-  valid starters were generated, the cold-start list fills the rest, so an answer always
-  has K filtered starters. The cold-start list is the run's most clicked logged starters
+* :class:`ListSelectorCore` picks the list by the policy evaluation grades
+  (:func:`~icebreaker_ray.isg.generate.select_list`: the first sampled candidate that
+  keeps K starters after the rule/safety filter of training,
+  :class:`~icebreaker_ray.isg.filters.SafetyFilter`, else the valid starters pooled) and
+  scores each starter with the utility ranker R_util (relevance to I* when the run has no
+  ranker). When fewer than K valid starters were generated, the cold-start list fills the
+  rest, so an answer always has K filtered starters. The cold-start list is the run's most clicked logged starters
   (popular), ordered greedily by popularity + lambda * marginal diversity (diverse);
   without logs it is the catalog's generic starters.
 """
@@ -35,11 +36,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.isg.engines import Engine
 from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
-from icebreaker_ray.isg.generate import GenerationParams
+from icebreaker_ray.isg.generate import GenerationParams, select_list
 from icebreaker_ray.isg.parse import parse_starters
 from icebreaker_ray.isg.prompts import generator_messages
 from icebreaker_ray.reward.diversity import marginal_diversity_gains
@@ -47,6 +49,7 @@ from icebreaker_ray.reward.proxy import interest_similarity
 from icebreaker_ray.rid import gating, noise, scorer
 from icebreaker_ray.rid.judge import clean_summary
 from icebreaker_ray.serve.artifacts import Artifacts
+from icebreaker_ray.serve.precompute import PrecomputedLists
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,19 @@ def _read(path: str | None, columns: Sequence[str]) -> pa.Table | None:
 # ----------------------------------------------------------------------------- interests
 
 
+def known_histories(sessions_parquet: str | None, max_chars: int) -> dict[str, list[str]]:
+    """Each logged user's cleaned summaries, oldest first (what the distiller reads)."""
+    table = _read(sessions_parquet, ["user_id", "ts", "summary"])
+    if table is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for row in table.sort_by([("user_id", "ascending"), ("ts", "ascending")]).to_pylist():
+        text = clean_summary(row["summary"], max_chars)
+        if text:
+            out.setdefault(row["user_id"], []).append(text)
+    return out
+
+
 @dataclass
 class Distilled:
     """What the distiller hands on: the prompt input I* and the history behind it."""
@@ -76,9 +92,11 @@ class Distilled:
     interests: list[str]
     history: list[str]  # the user's summaries used, oldest first (ranker context)
     cold_start: bool
-    method: str  # "rid" (scorer + gating), "recent" (no scorer in the run), "none"
+    method: str  # "rid" (scorer + gating), "recent" (no scorer), "none", "precomputed"
     known_user: bool = False
     profile: str | None = None
+    # The answer from the precomputed store (serve/precompute.py) when it has a fresh one.
+    precomputed: list[Pick] | None = None
 
 
 class InterestDistillerCore:
@@ -95,23 +113,16 @@ class InterestDistillerCore:
         self.thresholds: list[float] | None = None
         if art.thresholds_json:
             self.thresholds = io.read_json(art.thresholds_json)["thresholds"]
-        self.histories = self._histories(art.sessions_parquet)
+        self.histories = known_histories(art.sessions_parquet, cfg.serve.max_summary_chars)
+        self.model_version = art.model_version
+        self.store = PrecomputedLists.load(layout.precomputed_lists(art.run_dir) if art.run_dir else None)
+        if len(self.store):
+            log.info("precomputed lists: %d entries", len(self.store))
         users = _read(art.users_parquet, ["user_id", "activity_bucket", "profile"])
         rows = users.to_pylist() if users is not None else []
         self.buckets = {r["user_id"]: int(r["activity_bucket"]) for r in rows}
         self.profiles = {r["user_id"]: r["profile"] for r in rows if r.get("profile")}
         self._bucket_counts, self._bucket_floor = self._bucket_table()
-
-    def _histories(self, sessions_parquet: str | None) -> dict[str, list[str]]:
-        table = _read(sessions_parquet, ["user_id", "ts", "summary"])
-        if table is None:
-            return {}
-        out: dict[str, list[str]] = {}
-        for row in table.sort_by([("user_id", "ascending"), ("ts", "ascending")]).to_pylist():
-            text = clean_summary(row["summary"], self.cfg.serve.max_summary_chars)
-            if text:
-                out.setdefault(row["user_id"], []).append(text)
-        return out
 
     def _bucket_table(self) -> tuple[np.ndarray, np.ndarray]:
         """Known users' (session count -> bucket), for placing an unknown user by activity:
@@ -139,10 +150,18 @@ class InterestDistillerCore:
         merged = [s for s in [*known, *pasted] if s]
         return merged[-self.cfg.serve.max_summaries:]
 
-    def distill(self, user_id: str | None, summaries: Sequence[str] | None = None) -> Distilled:
+    def distill(self, user_id: str | None, summaries: Sequence[str] | None = None,
+                k: int | None = None) -> Distilled:
+        """I* for a request; with ``k``, a fresh precomputed answer instead when the store
+        has one for this user, K, model and history (no model runs then)."""
         history = self.history(user_id, summaries)
         known = user_id in self.histories or user_id in self.buckets
         profile = self.profiles.get(user_id) if user_id else None
+        entry = self.store.get(user_id, history, k, self.model_version) if k and known else None
+        if entry is not None:
+            picks = [Pick(t, float(sc), src) for t, sc, src in
+                     zip(entry.starters, entry.scores, entry.sources, strict=True)]
+            return Distilled(entry.interests, history, False, "precomputed", known, profile, picks)
         if not history:
             return Distilled([], [], True, "none", known, profile)
         if self.scorer is None:
@@ -171,6 +190,13 @@ class InterestDistillerCore:
 
 
 # ----------------------------------------------------------------------------- generation
+
+
+def candidates_per_request(cfg: Config) -> int:
+    """Candidate lists sampled per request: ``serve.num_candidates``, else
+    ``eval.num_candidates``, the number evaluate samples per user, so that a served list
+    is drawn the way the graded one was (the first of them that passes the filter)."""
+    return cfg.serve.num_candidates or cfg.eval.num_candidates
 
 
 @dataclass
@@ -359,15 +385,17 @@ class ListSelectorCore:
 
     def select(self, user_id: str | None, history: Sequence[str], interests: Sequence[str],
                candidates: Sequence[str], k: int, profile: str | None = None) -> list[Pick]:
-        """The K-list for one request from its raw candidate texts (never fewer than K)."""
-        parsed = [s for text in candidates for s in parse_starters(text).starters]
-        valid = self.safety.filter(parsed, interests).kept  # grounded in what the model read
+        """The K-list for one request from its raw candidate texts (never fewer than K):
+        :func:`~icebreaker_ray.isg.generate.select_list`, the policy evaluation grades (the
+        first sampled list that keeps K starters, else the valid ones pooled), grounded in
+        the interests the model read; the cold-start list fills what is missing. Each
+        starter's score is its R_util (the click-free proxy without a ranker); the order
+        is the model's."""
+        valid = select_list(candidates, self.safety, k, interests).starters
         picks: list[Pick] = []
         if valid:
-            emb = self.encoder(valid)
-            util = self.utility(user_id, history, profile, interests, valid, emb)
-            picks = [Pick(valid[i], float(util[i]), "generated")
-                     for i in greedy_diverse(util, emb, k, self.lam)]
+            util = self.utility(user_id, history, profile, interests, valid, self.encoder(valid))
+            picks = [Pick(text, float(u), "generated") for text, u in zip(valid, util, strict=True)]
         return self.fill(picks, k)
 
     def fill(self, picks: list[Pick], k: int) -> list[Pick]:

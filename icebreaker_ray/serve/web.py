@@ -335,12 +335,19 @@ class StarterService:
 
     def response(self, body: StartersRequest, picks: list[Pick], d: Distilled,
                  request_id: str) -> StartersResponse:
+        source = ("precomputed" if d.precomputed is not None
+                  else "cold_start" if d.cold_start else "online")
         return StartersResponse(
             request_id=request_id, user_id=body.user_id,
             starters=[Starter(text=p.text, score=round(p.score, 6), position=i, source=p.source)
                       for i, p in enumerate(picks)],
             trigger_interests=d.interests, model_version=self.model_version,
-            cold_start=d.cold_start, cached=False)
+            cold_start=d.cold_start, cached=False, source=source)
+
+    async def distill(self, body: StartersRequest, k: int) -> Distilled:
+        """I*, or a known user's fresh precomputed answer unless the request says refresh."""
+        return await call(self.h.distiller.distill, body.user_id, body.summaries,
+                          None if body.refresh else k)
 
     async def known_users(self) -> list[str]:
         if self._users is None:
@@ -356,8 +363,10 @@ class StarterService:
         hit = None if body.refresh else self.cache.get(key)
         if hit is not None:
             return hit.model_copy(update={"request_id": uuid.uuid4().hex, "cached": True})
-        d: Distilled = await call(self.h.distiller.distill, body.user_id, body.summaries)
-        if d.cold_start:
+        d = await self.distill(body, k)
+        if d.precomputed is not None:
+            picks = d.precomputed
+        elif d.cold_start:
             picks = await call(self.h.selector.cold_start, k)
         else:
             texts = await call(self.h.generator.sample, GenJob(d.interests, k))
@@ -370,11 +379,12 @@ class StarterService:
     async def stream(self, body: StartersRequest) -> AsyncIterator[bytes]:
         """NDJSON events: ``meta``; ``first_token`` when the model produced its first token;
         ``starter`` for each generated starter that passed the filter, as soon as the model
-        finished writing it (a preview); ``done`` with the final ranked response."""
+        finished writing it (a preview; a precomputed answer sends its starters at once);
+        ``done`` with the final response; ``error`` (status, detail) if it fails midway."""
         self.check_limits(body)
         k = body.k or self.cfg.generation.K
         request_id = uuid.uuid4().hex
-        d: Distilled = await call(self.h.distiller.distill, body.user_id, body.summaries)
+        d = await self.distill(body, k)
 
         def line(event: str, **data: Any) -> bytes:
             return dumps({"event": event, **data}) + b"\n"
@@ -384,7 +394,11 @@ class StarterService:
                        trigger_interests=d.interests, cold_start=d.cold_start,
                        model_version=self.model_version)
             try:
-                if d.cold_start:
+                if d.precomputed is not None:
+                    picks = d.precomputed
+                    for i, p in enumerate(picks):
+                        yield line("starter", text=p.text, position=i)
+                elif d.cold_start:
                     picks = await call(self.h.selector.cold_start, k)
                 else:
                     texts, shown = [], []
@@ -410,6 +424,9 @@ class StarterService:
             except _retryable() as exc:
                 log.warning("stream %s failed downstream: %r", request_id, exc)
                 yield line("error", status=503, detail="a serving replica failed; please retry")
+            except Exception:  # the stream has started (200): end it with an error line, not silence
+                log.exception("stream %s failed", request_id)
+                yield line("error", status=500, detail="generation failed; please retry")
 
         return events()
 
