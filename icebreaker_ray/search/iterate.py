@@ -51,6 +51,7 @@ from icebreaker_ray.data.splits import hash_fraction, is_holdout
 from icebreaker_ray.isg.batch import complete_share, generate_lists, generate_many
 from icebreaker_ray.isg.stage import MODEL_DIR, dpo_round
 from icebreaker_ray.raykit import init_ray, node_id
+from icebreaker_ray.reward.proxy import interest_similarity
 from icebreaker_ray.search.mine import pools_from_lists, search_pairs
 from icebreaker_ray.search.stage import mining_requests, pair_stats
 
@@ -98,7 +99,8 @@ def gate_figures(lists: pa.Table, interests: Mapping[str, Sequence[str]], encode
     - ``format_pass_rate``: share of sampled lists that parsed and passed the rule filter
       with K starters (:func:`~icebreaker_ray.isg.batch.complete_share`).
     - ``relevance``: mean over users of the mean over the K slots of each starter's best
-      cosine similarity to the user's trigger interests I*; a slot left empty scores 0.
+      cosine similarity to the user's trigger interests I* (clipped at 0: the click-free
+      proxy, :func:`~icebreaker_ray.reward.proxy.interest_similarity`); an empty slot scores 0.
 
     Why relevance to I* and not the ``util`` ranker's utility: the round was optimized
     against that ranker (its list search chose the DPO pairs by it), so its scores rise by
@@ -114,8 +116,8 @@ def gate_figures(lists: pa.Table, interests: Mapping[str, Sequence[str]], encode
     for uid, starters in zip(users, lists.column("starters").to_pylist(), strict=True):
         slots = np.zeros(k)
         if starters and interests.get(uid):
-            sims = encoder(list(starters)[:k]) @ encoder(list(interests[uid])).T
-            slots[: sims.shape[0]] = sims.max(axis=1)
+            best = interest_similarity(encoder(list(starters)[:k]), encoder(list(interests[uid])))
+            slots[: len(best)] = best
         values.append(float(slots.mean()))
     return {"users": len(users), "format_pass_rate": complete_share(lists),
             "relevance": float(np.mean(values)) if values else 0.0}
