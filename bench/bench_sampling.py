@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import Counter
 
 import torch
 
@@ -173,6 +174,12 @@ def bench_engines(args, threads: int) -> None:
         print(f"{kind:>9}: format pass rate {format_pass_rate(res):.3f} of {lists} lists; "
               f"users with K starters {sum(len(r.starters) == params.k for r in res)}/{len(res)}; "
               f"invented-entity rate {invented_rate(res):.3f}; {truth}{took:.1f} s", flush=True)
+        reasons = Counter()
+        for r in res:
+            reasons.update(r.rejections)
+        statuses = Counter(c.status for r in res for c in r.candidates)
+        print(f"{'':>9}  parse status {dict(statuses)}; rejected starters {dict(reasons.most_common(6))}",
+              flush=True)
 
 
 def main() -> None:

@@ -241,6 +241,11 @@ class TrainSection(Section):
 class DPOSection(TrainSection):
     beta: float = Field(default=0.1, gt=0)
     learning_rate: float = Field(default=5e-6, gt=0)
+    # Weight of an NLL term on the chosen list added to the DPO loss (TRL loss_type "sft";
+    # RPO, Pang et al. 2024, arXiv 2404.19733); 0: plain eq. 6. Without it, DPO on lists
+    # that differ in one starter lowers the likelihood of both and the model drifts into
+    # over-long and repeated starters (BENCHMARKS.md, "DPO and the format filter").
+    sft_weight: float = Field(default=0.0, ge=0)
     negatives: list[Literal["utility", "diversity", "joint"]] = ["utility", "diversity", "joint"]
 
 

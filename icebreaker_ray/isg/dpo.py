@@ -52,7 +52,9 @@ def dpo_trainer_args(train: dict[str, Any], output_dir: str, seed: int) -> Any:
     return DPOConfig(
         output_dir=output_dir,
         beta=train["beta"],
-        loss_type=["sigmoid"],  # eq. 6
+        # eq. 6, plus the chosen list's NLL when dpo.sft_weight > 0
+        loss_type=["sigmoid", "sft"] if train.get("sft_weight") else ["sigmoid"],
+        loss_weights=[1.0, train["sft_weight"]] if train.get("sft_weight") else None,
         max_steps=train["max_steps"],
         per_device_train_batch_size=train["per_device_batch_size"],
         gradient_accumulation_steps=train["gradient_accumulation_steps"],
