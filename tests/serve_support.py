@@ -44,8 +44,9 @@ def _ts(values: list[int]) -> pa.Array:
     return pa.array(values, pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
 
 
-def build_run(root: Path) -> str:
-    """Write the run directory under ``root`` and return its path."""
+def build_run(root: Path, extra_sessions: tuple[tuple[str, str], ...] = ()) -> str:
+    """Write the run directory under ``root`` and return its path; ``extra_sessions``
+    ((user, summary), ...) are logged after every user's sessions in :data:`USERS`."""
     from icebreaker_ray.reward.ranker import UtilityRanker
     from icebreaker_ray.rid.scorer import ResonanceScorer, save_scorer
 
@@ -56,6 +57,7 @@ def build_run(root: Path) -> str:
         "user_id": list(USERS), "activity_bucket": pa.array([b for b, _, _ in USERS.values()], pa.int32()),
         "profile": [p for _, p, _ in USERS.values()]}, schema=schema("users")))
     rows = [(u, f"{u}-{i:04d}", (i + 1) * day, s) for u, (_, _, ss) in USERS.items() for i, s in enumerate(ss)]
+    rows += [(u, f"{u}-extra-{i:04d}", (100 + i) * day, s) for i, (u, s) in enumerate(extra_sessions)]
     sim.write_table("sessions", pa.table({
         "user_id": [r[0] for r in rows], "session_id": [r[1] for r in rows],
         "ts": _ts([r[2] for r in rows]), "summary": [r[3] for r in rows]}))

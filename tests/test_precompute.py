@@ -5,14 +5,12 @@ and regenerates the one whose user has a new session."""
 
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
 from serve_support import USERS, build_run
 
 from icebreaker_ray import layout
 from icebreaker_ray.config import load_config
 from icebreaker_ray.data import io
-from icebreaker_ray.data.schemas import schema
 from icebreaker_ray.serve.precompute import Entry, PrecomputedLists, history_digest, precompute
 
 
@@ -90,13 +88,9 @@ def test_batch_job_writes_missing_and_regenerates_stale_entries(tmp_path, ray_lo
     again = precompute(cfg, run, users=users[:2], model=tiny_generator)
     assert (again.generated, again.kept) == (0, 2)
 
-    # u0000001 has a new session in the logs: only its entry is stale.
-    sessions_uri = layout.table_uri(run, "sessions")
-    sessions = io.read_table(sessions_uri, "sessions")
-    new = pa.table({"user_id": ["u0000001"], "session_id": ["u0000001-new"],
-                    "ts": pa.array([10**12 * 2], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-                    "summary": ["Rye bread hydration for a dense crumb"]}, schema=schema("sessions"))
-    io.write_table(pa.concat_tables([sessions, new]), sessions_uri, "sessions")
+    # The run's logs now hold a new session of u0000001 (the stages rewritten, the store
+    # kept): only its entry is stale.
+    assert build_run(tmp_path / "run", (("u0000001", "Rye bread hydration for a dense crumb"),)) == run
     third = precompute(cfg, run, users=users[:2], model=tiny_generator)
     assert (third.generated, third.kept, third.total) == (1, 1, 2)
     entry = PrecomputedLists.load(third.path).entries[("u0000001", cfg.generation.K)]
