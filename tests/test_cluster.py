@@ -47,12 +47,13 @@ def test_schema_check_can_fail():
         validate_config(prepare_config(bad))
 
 
-def test_one_job_per_stage_plus_pipeline():
-    expected = {s.name.replace("-", "_") for s in STAGES} | {"pipeline"}
+def test_one_job_per_stage_plus_pipeline_and_precompute():
+    # precompute is the server's batch job (serve/precompute.py), not a pipeline stage
+    expected = {s.name.replace("-", "_") for s in STAGES} | {"pipeline", "precompute"}
     assert {p.stem for p in (ROOT / "jobs").glob("*.py")} == expected
 
 
-@pytest.mark.parametrize("script", ["simulate", "pipeline"])
+@pytest.mark.parametrize("script", ["simulate", "pipeline", "precompute"])
 def test_job_scripts_run_from_anywhere(script, tmp_path):
     # outside the repo and without an install on sys.path tricks: the script finds the package
     out = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{script}.py"), "--help"],
