@@ -67,6 +67,11 @@ class Entry:
     scores: list[float]
     sources: list[str]
 
+    @classmethod
+    def from_row(cls, row: dict) -> Entry:
+        """An entry from a row of the ``precomputed_lists`` table (extra columns ignored)."""
+        return cls(**{f: row[f] for f in cls.__dataclass_fields__})
+
 
 class PrecomputedLists:
     """The store as the server holds it: ``(user_id, k) -> Entry``."""
@@ -80,8 +85,7 @@ class PrecomputedLists:
         if not uri or not io.exists(uri):
             return cls()
         table = io.read_table(uri, TABLE, allow_empty=True)
-        return cls(Entry(**{f: r[f] for f in Entry.__dataclass_fields__})
-                   for r in table.to_pylist())
+        return cls(Entry.from_row(r) for r in table.to_pylist())
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -190,8 +194,7 @@ def precompute(cfg: Config, run_dir: str, *, users: Sequence[str] | None = None,
         made = map_blocks([b for b in blocks if b.num_rows], ListMaker,
                           {"cfg": cfg, "art": art, "k": k}, actors, schema(TABLE))
         for row in made.to_pylist():
-            store.entries[(row["user_id"], row["k"])] = Entry(
-                **{f: row[f] for f in Entry.__dataclass_fields__})
+            store.entries[(row["user_id"], row["k"])] = Entry.from_row(row)
     if todo or not io.exists(path):
         io.write_table(store.table(), path, TABLE)
     return PrecomputeResult(path, len(todo), len(wanted) - len(todo), len(store),
