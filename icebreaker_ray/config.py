@@ -226,6 +226,9 @@ class TrainSection(Section):
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=5e-5, gt=0)
     max_length: int = Field(default=256, ge=16)
+    # Train in bf16 where the worker's hardware has it (CUDA Ampere+, a CPU with AVX-512 /
+    # AMX bf16); on other hardware each worker falls back to fp32 with a warning
+    # (isg/sft.resolve_bf16), since emulated bf16 is many times slower.
     bf16: bool = False
     # 0 disables DeepSpeed; 2 runs on CPU here; 3 for multi-GPU clusters.
     zero_stage: Literal[0, 1, 2, 3] = 2
@@ -291,6 +294,9 @@ class SearchSection(Section):
     # Conservative reward of Algorithm 1 and SELECTNEGATIVES: mean - kappa * std of the
     # util ranker ensemble's utilities (ranker.ensemble members); 0: the plain mean.
     kappa: float = Field(default=1.0, ge=0)
+    # A mined pair is kept only when at least this share of the ensemble's members score
+    # S+ above the negative by eq. 8 (search/list_search.member_agreement); 0: every pair.
+    min_agreement: float = Field(default=0.0, ge=0, le=1)
     # Users mined per round (a random sample of the non-held-out users); None: all.
     max_users: int | None = Field(default=96, ge=1)
     # Vanilla SFT+DPO baseline: at most this many (clicked list, unclicked list) pairs per user.

@@ -141,3 +141,16 @@ def test_lora_adapter_is_merged_on_export(tiny_generator, ray_local, tmp_path):
     assert set(before) == set(after)  # a plain model again, no lora_* weights
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all("proj" in k for k in changed)  # only the LoRA targets moved
+
+
+def test_bf16_falls_back_to_fp32_where_the_hardware_has_none(monkeypatch, caplog):
+    from icebreaker_ray.isg import sft
+
+    monkeypatch.setattr(sft, "native_bf16", lambda use_gpu: False)
+    with caplog.at_level("WARNING", logger=sft.log.name):
+        assert sft.resolve_bf16(True, use_gpu=False) is False
+    assert "no native bf16" in caplog.text and "CPU" in caplog.text
+    assert sft.resolve_bf16(False, use_gpu=False) is False
+    monkeypatch.setattr(sft, "native_bf16", lambda use_gpu: use_gpu)
+    assert sft.resolve_bf16(True, use_gpu=True) is True      # a GPU that has it keeps it
+    assert sft.resolve_bf16(True, use_gpu=False) is False

@@ -312,3 +312,23 @@ def test_auto_teacher_is_grounded_on_your_own_logs_and_sim_on_the_world():
     cfg = load_config(None, ["data.source=/data/logs"])
     assert cfg.teacher.backend == "grounded"
     assert isinstance(make_teacher(cfg, fake_embed), GroundedTeacher)
+
+
+def test_distill_drops_starters_that_name_what_the_interests_do_not(sim_teacher):
+    from icebreaker_ray.isg.filters import grounding_vocabulary, invented_words
+    from icebreaker_ray.isg.teacher import Teacher
+
+    class Scripted(Teacher):
+        def complete(self, interests):
+            return [render_completion(["What got you into sourdough baking?",
+                                       "Which Zorblax flour do you bake with?",
+                                       "How do you feed a sourdough starter?"]) for _ in interests]
+
+    out = Scripted(wide_embed, PARAMS).distill([["Sourdough starter keeps collapsing"]])
+    assert out == [["What got you into sourdough baking?", "How do you feed a sourdough starter?"]]
+    # the sim teacher's association (other subjects, facets) keeps only grounded names
+    catalog = load_catalog()
+    interests = [[_naming_summary(_subject(catalog, index=i))] for i in (0, 15, 40)]
+    for items, starters in zip(interests, sim_teacher.distill(interests), strict=True):
+        vocab = grounding_vocabulary(items)
+        assert starters and not [s for s in starters if invented_words(s, vocab, PARAMS.vocab_min_zipf)]

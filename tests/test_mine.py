@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
-from icebreaker_ray.search.list_search import ListSearchParams
+from icebreaker_ray.search.list_search import ListSearchParams, member_agreement
 from icebreaker_ray.search.mine import mix_pool, pairs_for_user, prompt_for
 
 
@@ -100,3 +101,38 @@ def test_holdout_split_is_stable_and_sized():
     assert 0.17 < len(held) / len(users) < 0.23
     assert held == [u for u in users if is_holdout(u, 0.2, seed=0)]
     assert held != [u for u in users if is_holdout(u, 0.2, seed=1)]
+
+
+def test_member_agreement_counts_members_that_rank_s_plus_first():
+    # Two members, orthogonal pool (every pair dissimilarity 1, so both lists have v_div 1):
+    # member 0 scores [0, 2] at 0.7 vs [1, 2] at 0.3 (agrees), member 1 0.35 vs 0.65 (not).
+    members = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5]])
+    emb = np.eye(3)
+    assert member_agreement(members, emb, [0, 2], [1, 2], lam=0.5) == 0.5
+    assert member_agreement(members[:1], emb, [0, 2], [1, 2], lam=0.5) == 1.0
+    # diversity counts: a near-duplicate in the rejected list flips a utility tie
+    dup = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    tie = np.array([[0.5, 0.5, 0.5]])
+    assert member_agreement(tie, dup, [0, 2], [0, 1], lam=0.5) == 1.0
+    with pytest.raises(ValueError, match="members, N=3"):
+        member_agreement(np.ones((2, 4)), emb, [0, 2], [1, 2], lam=0.5)
+
+
+def test_min_agreement_drops_pairs_the_ranker_ensemble_splits_on():
+    pool, utility, emb = _pool()
+    params = ListSearchParams(K=4, J=4, M=6, lam=0.5)
+    agreeing = np.vstack([utility, utility])            # both members say what the mean says
+    kept = pairs_for_user("u1", "p", pool, utility, emb, params, 0, 0,
+                          members=agreeing, min_agreement=1.0)
+    assert kept == pairs_for_user("u1", "p", pool, utility, emb, params, 0, 0)
+    assert {r["negative_type"] for r in kept} >= {"utility", "diversity"}
+    # a second member that reverses the low/high utility starters disagrees on the utility
+    # and joint negatives; the diversity negative (same utility, less diverse) survives
+    reversed_ = np.vstack([utility, 1.0 - utility])
+    split = pairs_for_user("u1", "p", pool, utility, emb, params, 0, 0,
+                           members=reversed_, min_agreement=1.0)
+    assert split and {r["negative_type"] for r in split} < {r["negative_type"] for r in kept}
+    assert "utility" not in {r["negative_type"] for r in split}
+    # min_agreement 0 keeps everything whatever the members say
+    assert pairs_for_user("u1", "p", pool, utility, emb, params, 0, 0,
+                          members=reversed_, min_agreement=0.0) == kept

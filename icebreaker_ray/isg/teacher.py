@@ -6,7 +6,9 @@
 
 Every backend answers in the Table 4 format ``<think> … </think><sug> q1 && … </sug>``
 (:meth:`Teacher.complete`); :meth:`Teacher.distill` then parses it and applies the same
-rule filter as everywhere else, so a backend only has to write text.
+rule filter as everywhere else, grounded in the interests the answer was written from (a
+starter with a name found neither in ordinary English nor in those interests is dropped),
+so a backend only has to write text.
 
 * ``sim`` — stands in for a large teacher LLM on simulated data. It knows the world the
   way an LLM knows the real one: through the public topic catalog (subject names,
@@ -37,7 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from icebreaker_ray.isg.filters import EmbedFn, FilterParams, SafetyFilter
+from icebreaker_ray.isg.filters import (
+    EmbedFn,
+    FilterParams,
+    SafetyFilter,
+    grounding_vocabulary,
+    invented_words,
+)
 from icebreaker_ray.isg.parse import parse_starters
 from icebreaker_ray.isg.prompts import THINK_CLOSE, THINK_OPEN, render_completion, teacher_prompt
 
@@ -67,9 +75,12 @@ class Teacher:
         raise NotImplementedError
 
     def distill(self, interests: Sequence[Sequence[str]]) -> list[list[str]]:
-        """Parsed and filtered starters (at most ``max_q``) for each interest set."""
-        return [self.safety.filter(parse_starters(t).starters).kept
-                for t in self.complete(interests)]
+        """Parsed and filtered starters (at most ``max_q``) for each interest set, grounded
+        in that set: a starter naming something that is neither ordinary English nor in the
+        interests it was written from is dropped (the rule the generator's own lists pass),
+        so SIT never teaches the generator to name what its prompt does not hold."""
+        return [self.safety.filter(parse_starters(t).starters, list(items)).kept
+                for items, t in zip(interests, self.complete(interests), strict=True)]
 
 
 # ----------------------------------------------------------------------------- sim
@@ -134,14 +145,20 @@ class SimTeacher(Teacher):
                 # (same category as a regular subject, hence regular too)
                 pick = rng.permutation(len(same))[: self.related_subjects]
                 related.extend(same[int(p)] for p in pick)
-            # Direct subjects get two starters each, related ones one, round robin.
+            # Direct subjects get two starters each, related ones one, round robin; a
+            # starter naming what the interests do not (a facet, another subject's name)
+            # is passed over here, as distill() would drop it (grounding).
             plan = [i for i in direct for _ in range(2)] + related
             starters: list[str] = []
+            vocab, zipf = grounding_vocabulary(items), self.safety.params.vocab_min_zipf
             pools = {i: list(rng.permutation(all_starters(self.subjects[i]))) for i in set(plan)}
             while len(starters) < n and any(pools[i] for i in plan):
                 for i in plan:
-                    if pools[i] and len(starters) < n:
-                        starters.append(str(pools[i].pop()))
+                    while pools[i] and len(starters) < n:
+                        text = str(pools[i].pop())
+                        if not (zipf > 0 and invented_words(text, vocab, zipf)):
+                            starters.append(text)
+                            break
             if not direct:  # only functional/sensitive interests: nothing worth suggesting
                 out.append(f"{THINK_OPEN} no suitable interests {THINK_CLOSE}{render_completion([])}")
                 continue

@@ -175,9 +175,19 @@ def conservative_utility(ranker, featurizer: UserFeaturizer, user_ids: Sequence[
                          texts: Sequence[str], text_emb: np.ndarray, kappa: float,
                          before_ms: Sequence[int | None] | None = None) -> np.ndarray:
     """The list-search reward: mean - kappa * std for an ensemble, R_util for one ranker."""
+    return member_utilities(ranker, featurizer, user_ids, texts, text_emb, kappa, before_ms)[1]
+
+
+def member_utilities(ranker, featurizer: UserFeaturizer, user_ids: Sequence[str],
+                     texts: Sequence[str], text_emb: np.ndarray, kappa: float,
+                     before_ms: Sequence[int | None] | None = None
+                     ) -> tuple[np.ndarray | None, np.ndarray]:
+    """(each member's utilities (members, n), the list-search reward (n,)) for an
+    ensemble; (None, R_util) for one ranker."""
     if isinstance(ranker, RankerEnsemble):
-        return ranker.conservative_utility(featurizer, user_ids, texts, text_emb, before_ms, kappa)
-    return ranker.utility(featurizer, user_ids, texts, text_emb, before_ms)
+        members = ranker.member_utilities(featurizer, user_ids, texts, text_emb, before_ms)
+        return members, conservative_score(members, kappa)
+    return None, np.asarray(ranker.utility(featurizer, user_ids, texts, text_emb, before_ms), np.float64)
 
 
 def load_ranker(directory: str):

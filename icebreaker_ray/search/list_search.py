@@ -58,6 +58,7 @@ __all__ = [
     "SearchResult",
     "exhaustive_list_search",
     "hybrid_reward_list_search",
+    "member_agreement",
     "select_negatives",
 ]
 
@@ -223,6 +224,28 @@ def select_negatives(
         if len(set(row.tolist())) != row.size or row.min() < 0 or row.max() >= utility.size:
             raise ValueError(f"list {row.tolist()} must hold distinct pool indices in [0, N)")
     return _select_negatives(lists, best, utility, dissim, params, np.random.default_rng(rng))
+
+
+def member_agreement(member_utility: np.ndarray, emb: np.ndarray, chosen: Sequence[int],
+                     rejected: Sequence[int], lam: float) -> float:
+    """Share of a ranker ensemble's members whose eq. 8 Score puts ``chosen`` above
+    ``rejected`` (pool indices; ``member_utility`` is (members, N), ``emb`` the pool's
+    embeddings). A pair the members split on is one the reward cannot tell apart; the
+    conservative mean - kappa * std can still order it, by less than its noise.
+
+    >>> members = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5]])
+    >>> emb = np.eye(3)
+    >>> member_agreement(members, emb, [0, 2], [1, 2], lam=0.5)   # member 0 yes, member 1 no
+    0.5
+    """
+    u = np.asarray(member_utility, np.float64)
+    if u.ndim != 2 or u.shape[1] != len(emb):
+        raise ValueError(f"member_utility must be (members, N={len(emb)}), got {u.shape}")
+    dissim = pairwise_dissimilarity(np.asarray(emb))
+    lists = np.array([list(chosen), list(rejected)], dtype=np.intp)
+    div = lists_diversity(dissim, lists)
+    score = u[:, lists].mean(axis=2) + lam * div[None, :]  # (members, 2)
+    return float(np.mean(score[:, 0] > score[:, 1]))
 
 
 def exhaustive_list_search(

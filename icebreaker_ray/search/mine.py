@@ -35,7 +35,11 @@ from icebreaker_ray.data.schemas import schema
 from icebreaker_ray.isg.prompts import generator_messages
 from icebreaker_ray.raykit import map_actor_pool
 from icebreaker_ray.reward.proxy import interest_similarity
-from icebreaker_ray.search.list_search import ListSearchParams, hybrid_reward_list_search
+from icebreaker_ray.search.list_search import (
+    ListSearchParams,
+    hybrid_reward_list_search,
+    member_agreement,
+)
 
 NEGATIVE_TYPES = ("utility", "diversity", "joint")
 #: What R_util was in a mining pass (the mine manifest's ``utility``).
@@ -66,8 +70,13 @@ def mix_pool(generated: Sequence[str], teacher: Sequence[str], n: int, teacher_r
 
 def pairs_for_user(user_id: str, prompt: str, pool: Sequence[str], utility: np.ndarray,
                    emb: np.ndarray, params: ListSearchParams, round_: int, seed: int,
-                   negatives: Sequence[str] = NEGATIVE_TYPES) -> list[dict[str, Any]]:
-    """Algorithm 1 on one user's pool -> one preference pair per negative type found."""
+                   negatives: Sequence[str] = NEGATIVE_TYPES, members: np.ndarray | None = None,
+                   min_agreement: float = 0.0) -> list[dict[str, Any]]:
+    """Algorithm 1 on one user's pool -> one preference pair per negative type found.
+
+    ``members`` (members, N): the ranker ensemble's own utilities; with ``min_agreement``
+    > 0 a pair is kept only when at least that share of the members rank S+ above the
+    negative by eq. 8 (:func:`~icebreaker_ray.search.list_search.member_agreement`)."""
     if len(pool) < params.K:
         return []
     res = hybrid_reward_list_search(np.asarray(utility, np.float64), emb, params,
@@ -77,6 +86,9 @@ def pairs_for_user(user_id: str, prompt: str, pool: Sequence[str], utility: np.n
     for kind in negatives:
         neg = res.negatives.get(kind)
         if neg is None:
+            continue
+        if members is not None and min_agreement > 0 and member_agreement(
+                members, emb, res.best, neg.indices, params.lam) < min_agreement:
             continue
         rows.append({
             "user_id": user_id, "prompt": prompt, "chosen": chosen,
@@ -97,13 +109,13 @@ class ListSearcher:
 
     def __init__(self, ranker_dir: str | None, sessions: pa.Table, users: pa.Table, embedder: str,
                  params: ListSearchParams, round_: int, seed: int, k: int, max_chars: int,
-                 negatives: Sequence[str], kappa: float = 0.0) -> None:
+                 negatives: Sequence[str], kappa: float = 0.0, min_agreement: float = 0.0) -> None:
         from icebreaker_ray.models import TextEncoder
-        from icebreaker_ray.reward.ranker import UserFeaturizer, conservative_utility, load_ranker
+        from icebreaker_ray.reward.ranker import UserFeaturizer, load_ranker, member_utilities
 
         self.encoder = TextEncoder(embedder)
         self.ranker = load_ranker(ranker_dir) if ranker_dir else None
-        self.kappa, self._utility = kappa, conservative_utility
+        self.kappa, self.min_agreement, self._members = kappa, min_agreement, member_utilities
         self.features = UserFeaturizer(sessions, users, self.encoder) if self.ranker else None
         self.params, self.round, self.seed = params, round_, seed
         self.k, self.max_chars, self.negatives = k, max_chars, list(negatives)
@@ -117,14 +129,16 @@ class ListSearcher:
                 continue
             with self.encoder.scoped():  # the user's pool alone: the same whichever actor/block
                 emb = self.encoder(pool)
+            members = None
             if self.ranker is None:
                 with self.encoder.scoped():
                     utility = interest_similarity(emb, self.encoder(list(interests)))
             else:
-                utility = self._utility(self.ranker, self.features, [uid] * len(pool), pool,
-                                        emb, self.kappa)
+                members, utility = self._members(self.ranker, self.features, [uid] * len(pool),
+                                                    pool, emb, self.kappa)
             rows += pairs_for_user(uid, prompt_for(interests, self.k, self.max_chars), pool,
-                                   utility, emb, self.params, self.round, self.seed, self.negatives)
+                                   utility, emb, self.params, self.round, self.seed, self.negatives,
+                                   members, self.min_agreement)
         return pa.Table.from_pylist(rows, schema=schema("preference_pairs"))
 
 
@@ -155,6 +169,7 @@ def search_pairs(pools: pa.Table, ranker_dir: str | None, sessions: pa.Table, us
                dict(ranker_dir=ranker_dir, sessions=sessions, users=users,
                     embedder=cfg.models.embedder, params=search_params(cfg), round_=round_,
                     seed=cfg.run.seed, k=cfg.generation.K, max_chars=cfg.filter.max_chars,
-                    negatives=negatives, kappa=cfg.search.kappa),
+                    negatives=negatives, kappa=cfg.search.kappa,
+                    min_agreement=cfg.search.min_agreement),
                cfg.search.num_actors, 16, schema("preference_pairs"))
     return out.sort_by([("user_id", "ascending"), ("negative_type", "ascending")])
