@@ -151,12 +151,13 @@ class SimTeacher(Teacher):
             plan = [i for i in direct for _ in range(2)] + related
             starters: list[str] = []
             vocab, zipf = grounding_vocabulary(items), self.safety.params.vocab_min_zipf
+            # (zipf 0 turns the rule off: invented_words then finds nothing)
             pools = {i: list(rng.permutation(all_starters(self.subjects[i]))) for i in set(plan)}
             while len(starters) < n and any(pools[i] for i in plan):
                 for i in plan:
                     while pools[i] and len(starters) < n:
                         text = str(pools[i].pop())
-                        if not (zipf > 0 and invented_words(text, vocab, zipf)):
+                        if not invented_words(text, vocab, zipf):
                             starters.append(text)
                             break
             if not direct:  # only functional/sensitive interests: nothing worth suggesting
