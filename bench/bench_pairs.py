@@ -26,7 +26,10 @@ alone at the top, in the world that round was mined in), and prints:
    make it right or wrong).
 
 Nothing here trains; it reads the run and the world the run's simulator saved. Sim runs
-only (the truth is the simulated world's).
+only (the truth is the simulated world's). A round mines ``search.max_users`` users, too few
+pairs to tell rules apart (one pair of 60 is 1.7 points); ``--more-users N`` samples fresh
+pools for N more training users (never held out, never the gate's validation users) from
+the generator that round mined with (round 0: SFT; round 1: round 0's DPO model).
 """
 
 from __future__ import annotations
@@ -63,7 +66,27 @@ def concordance(score: np.ndarray, truth: np.ndarray) -> float:
     return float(agree.mean())
 
 
-def round_inputs(out: str, cfg, round_: int) -> dict:
+def more_pools(out: str, cfg, round_: int, have: set[str], n: int) -> list[dict]:
+    """Fresh candidate pools for ``n`` training users not in ``have``, sampled by the
+    generator that mined ``round_``, as mining samples them."""
+    from icebreaker_ray.isg.generate import GenerationParams
+    from icebreaker_ray.raykit import init_ray
+    from icebreaker_ray.search.mine import sample_candidates
+    from icebreaker_ray.search.stage import mining_requests
+
+    if round_ > 1:
+        raise SystemExit("--more-users supports rounds 0 and 1")
+    wide = cfg.model_copy(update={"search": cfg.search.model_copy(update={"max_users": None})})
+    requests = mining_requests(out, wide, round_)
+    fresh = [i for i, u in enumerate(requests.column("user_id").to_pylist()) if u not in have]
+    rng = np.random.default_rng([cfg.run.seed, round_, 17])
+    requests = requests.take(sorted(rng.choice(fresh, min(n, len(fresh)), replace=False).tolist()))
+    model = layout.sft_generator(out) if round_ == 0 else layout.dpo_generator(out)
+    init_ray(cfg)
+    return sample_candidates(requests, io.absolute(model), cfg, GenerationParams.from_config(cfg)).to_pylist()
+
+
+def round_inputs(out: str, cfg, round_: int, more_users: int = 0) -> dict:
     """Pools, the ranker, the logs the ranker scored with and the world, as mining saw them."""
     sessions = [io.read_table(io.table_uri(out, "simulate", "sessions"), "sessions")]
     if round_ == 0:
@@ -74,7 +97,10 @@ def round_inputs(out: str, cfg, round_: int) -> dict:
         ranker_dir, state_name = io.join(out, "iterate", here, "util"), here
         sessions += [io.read_table(io.join(out, "iterate", f"round-{r}", "sessions.parquet"), "sessions")
                      for r in range(1, round_ + 1)]
-    return {"pools": io.read_table(pools_uri, "candidates").to_pylist(), "ranker": ranker_dir,
+    pools = io.read_table(pools_uri, "candidates").to_pylist()
+    if more_users:
+        pools += more_pools(out, cfg, round_, {p["user_id"] for p in pools}, more_users)
+    return {"pools": pools, "ranker": ranker_dir,
             "sessions": pa.concat_tables(sessions), "state": state_name}
 
 
@@ -116,9 +142,10 @@ def mined(pools: list[dict], params: ListSearchParams, utility: str, round_: int
     return rows
 
 
-def analyse(out: str, cfg, round_: int, encoder, users: pa.Table, interests: dict) -> dict:
+def analyse(out: str, cfg, round_: int, encoder, users: pa.Table, interests: dict,
+            more_users: int = 0) -> dict:
     t0 = time.perf_counter()
-    inp = round_inputs(out, cfg, round_)
+    inp = round_inputs(out, cfg, round_, more_users)
     state = load_state(out, cfg, inp["state"])
     pools = score_pools(inp, state, cfg, encoder, users, interests)
     kappa = cfg.search.kappa
@@ -140,6 +167,11 @@ def analyse(out: str, cfg, round_: int, encoder, users: pa.Table, interests: dic
         "util_gap 0.5": (replace(base, util_gap=0.5), "cons", cfg.search.min_agreement),
         "div_gap 0.2": (replace(base, div_gap=0.2), "cons", cfg.search.min_agreement),
         "div_gap 0.3": (replace(base, div_gap=0.3), "cons", cfg.search.min_agreement),
+        "no redundancy rule (div_gap alone)": (replace(base, div_redundancy=None), "cons",
+                                               cfg.search.min_agreement),
+        "div_redundancy 0.8": (replace(base, div_redundancy=0.8), "cons", cfg.search.min_agreement),
+        "div_redundancy 0.85": (replace(base, div_redundancy=0.85), "cons", cfg.search.min_agreement),
+        "div_redundancy 0.9": (replace(base, div_redundancy=0.9), "cons", cfg.search.min_agreement),
         "kappa 0 (members' mean)": (base, "mean", cfg.search.min_agreement),
         "min_agreement 0.8": (base, "cons", 0.8),
         "min_agreement 1": (base, "cons", 1.0),
@@ -148,13 +180,13 @@ def analyse(out: str, cfg, round_: int, encoder, users: pa.Table, interests: dic
     }
     print("\npairs under each rule: n, chosen truly better (ties half)")
     types = ["utility", "diversity", "joint", "all"]
-    print(f"  {'rule':28s} " + " ".join(f"{t:>16s}" for t in types))
+    print(f"  {'rule':36s} " + " ".join(f"{t:>16s}" for t in types))
     for name, (params, utility, agree) in variants.items():
         graded = grade(mined(pools, params, utility, round_, cfg, agree), state)
         result["pairs"][name] = graded
         cells = [f"{graded[t]['pairs']:4d} {graded[t]['chosen_wins']:6.1%}    " if t in graded
                  else f"{'-':>16s}" for t in types]
-        print(f"  {name:28s} " + " ".join(cells))
+        print(f"  {name:36s} " + " ".join(cells))
     return result
 
 
@@ -164,6 +196,8 @@ def main() -> None:
     ap.add_argument("--config", default="configs/local-cpu.yaml")
     ap.add_argument("--rounds", default=None, help="comma-separated rounds (default: all mined)")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--more-users", type=int, default=0,
+                    help="sample fresh pools for this many more training users per round")
     args = ap.parse_args()
     cfg = load_config(args.config)
     out = args.out
@@ -174,7 +208,8 @@ def main() -> None:
     encoder = TextEncoder(cfg.models.embedder)
     users = io.read_table(io.table_uri(out, "simulate", "users"), "users")
     interests = layout.trigger_interests(out)
-    report = {f"round {r}": analyse(out, cfg, r, encoder, users, interests) for r in rounds}
+    report = {f"round {r}": analyse(out, cfg, r, encoder, users, interests, args.more_users)
+              for r in rounds}
     if args.json:
         io.write_json(args.json, report)
 

@@ -14,7 +14,7 @@ same safety filter:
   the Serve replicas (Ray starts workers at nice 15). Time to first token: the
   streamer's first token, counted from when the request was submitted.
 * **serve**: the full application over HTTP (ingress, interest distillation, batched
-  generation with ``@serve.batch``, ranking, filter). Full list: ``POST /v1/starters``
+  generation with continuous batching, ranking, filter). Full list: ``POST /v1/starters``
   with ``refresh`` (no cache). First token: the ``first_token`` event of
   ``POST /v1/starters/stream``; first starter: its first filtered ``starter`` event.
 

@@ -69,6 +69,11 @@ class SimSection(Section):
     impression_days: int = Field(default=14, ge=1)
     # Ray tasks used to generate users in parallel (1 = one process, no Ray).
     num_shards: int = Field(default=1, ge=1)
+    # How session summaries are written (sim/text.py): "realistic" (users' own voice: varied
+    # phrasing, typos and casing, greeting-only and mixed-intent sessions) or "catalog" (the
+    # catalog's log-style templates, the world before issue 18). Subjects and hidden state
+    # are the same in both.
+    text_style: Literal["realistic", "catalog"] = "realistic"
 
 
 class GenerationSection(Section):
@@ -289,6 +294,13 @@ class SearchSection(Section):
     util_tolerance: float = Field(default=0.1, ge=0)
     div_gap: float = Field(default=0.1, ge=0)
     div_tolerance: float = Field(default=0.05, ge=0)
+    # A diversity (and joint-failure) negative must also hold two starters at cosine >= this
+    # (a redundant pair); None: the div_gap rule alone. With the rule alone 55% of the
+    # diversity pairs were right by the truth (chance: 50%): a lower mean dissimilarity is
+    # mostly related-but-distinct starters. At 0.85 (between the oracle's 0.8, where it
+    # starts to penalize a repeat, and the filter's 0.9 near-duplicate) 79% were, on the
+    # demo's round-0 pools (bench/bench_pairs.py, BENCHMARKS.md).
+    div_redundancy: float | None = Field(default=0.85, ge=-1, le=1)
     # Share of the candidate pool filled with teacher-distilled starters (App. C.3).
     teacher_mix_ratio: float = Field(default=0.25, ge=0, le=1)
     # Conservative reward of Algorithm 1 and SELECTNEGATIVES: mean - kappa * std of the
@@ -296,7 +308,9 @@ class SearchSection(Section):
     kappa: float = Field(default=1.0, ge=0)
     # A mined pair is kept only when at least this share of the ensemble's members score
     # S+ above the negative by eq. 8 (search/list_search.member_agreement); 0: every pair.
-    min_agreement: float = Field(default=0.0, ge=0, le=1)
+    # 0.8 (4 of 5 members): utility pairs right by the truth 87% -> 93% (round 0) and
+    # 67% -> 78% (round 1) on the demo's pools, for a third fewer of them (bench_pairs.py).
+    min_agreement: float = Field(default=0.8, ge=0, le=1)
     # Users mined per round (a random sample of the non-held-out users); None: all.
     max_users: int | None = Field(default=96, ge=1)
     # Vanilla SFT+DPO baseline: at most this many (clicked list, unclicked list) pairs per user.
@@ -364,10 +378,10 @@ class ServeSection(Section):
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
     # Candidate lists sampled per request (None: eval.num_candidates, as evaluate samples).
     num_candidates: int | None = Field(default=None, ge=1)
-    # @serve.batch of the StarterGenerator: requests per model.generate call, and how long
-    # the first request of a batch waits for company.
+    # Requests the StarterGenerator generates at once (llamacpp: their sequences decode
+    # together, continuous batching; hf: requests per generate call). Nobody waits for a
+    # batch to fill: a request starts at the engine's next step.
     max_batch_size: int = Field(default=8, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.05, ge=0)
 
 
 class Config(Section):

@@ -83,6 +83,29 @@ def test_gguf_export_reproduces_hf_greedy_output(hf_engine, llama_engine):
     assert ll == hf
 
 
+def test_llamacpp_keeps_the_shared_prompt_prefix_between_calls(tiny_generator):
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make setup builds it)")
+    spec = EngineSpec(kind="llamacpp", batch_size=8, gguf_outtype="f32", threads=2)
+    warm = spec.load(tiny_generator)
+    first = warm.sample(CONVS[:1], num_return=2, max_new_tokens=10, seed=5)
+    prefix = list(warm.prefix)
+    prompt = warm.tok(warm.tok.apply_chat_template(CONVS[0], tokenize=False, add_generation_prompt=True),
+                      add_special_tokens=False)["input_ids"]
+    # the system prompt and template are cached, the user's interests are not
+    assert 10 < len(prefix) < len(prompt) and prompt[:len(prefix)] == prefix
+    assert warm.tok.decode(prefix).rstrip().endswith("user")
+    again = warm.sample(CONVS[1:], num_return=2, max_new_tokens=10, seed=5)
+    assert warm.prefix == prefix  # reused, not recomputed
+    # reused cells give what a cold engine computes from scratch
+    assert spec.load(tiny_generator).sample(CONVS[1:], num_return=2, max_new_tokens=10, seed=5) == again
+    assert spec.load(tiny_generator).sample(CONVS[:1], num_return=2, max_new_tokens=10, seed=5) == first
+    # another system prompt: another shared prefix, and still the cold engine's output
+    other = [[{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "hi"}]]
+    out = warm.sample(other, num_return=2, max_new_tokens=8, seed=1)
+    assert warm.prefix != prefix and out == spec.load(tiny_generator).sample(other, num_return=2,
+                                                                              max_new_tokens=8, seed=1)
+
+
 def test_stale_gguf_is_converted_again(tiny_generator, tmp_path):
     pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make setup builds it)")
     import json
@@ -150,3 +173,73 @@ def test_vllm_configs_build_from_the_gpu_preset():
         pytest.skip("ray.serve.llm needs vLLM (pip install 'ray[llm]'), not installable here")
     llm = vllm.llm_config(cfg, "s3://icebreaker-runs/prod/sft/model")
     assert llm.deployment_config["autoscaling_config"]["max_replicas"] == 16
+
+
+# ----------------------------------------------------------------------------- serving batchers
+
+
+def _collect():
+    seen: dict[int, tuple[str, bool]] = {}
+
+    def on_step(news):
+        for j, (text, done) in news.items():
+            assert not seen.get(j, ("", False))[1], "a finished sample reported again"
+            seen[j] = (text, done)
+    return seen, on_step
+
+
+def test_continuous_batcher_gives_what_one_call_per_request_gives(tiny_generator):
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make setup builds it)")
+    from icebreaker_ray.isg.engines import ContinuousBatcher, make_batcher
+
+    spec = EngineSpec(kind="llamacpp", batch_size=8, gguf_outtype="f32", threads=2)
+    sampling = dict(temperature=0.9, top_p=0.95, max_new_tokens=12)
+    # room for two requests of two samples: the third waits until one has left the batch
+    batcher = make_batcher(spec.load(tiny_generator), num_return=2, max_requests=2, **sampling)
+    assert isinstance(batcher, ContinuousBatcher) and batcher.max_sequences == 4
+    convs = [*CONVS, generator_messages(["knitting a first sweater"], k=3)]
+    streams = [_collect() for _ in convs]
+    futures = [batcher.submit(c, on_step, seed=10 + i) for i, (c, (_, on_step)) in enumerate(zip(convs, streams, strict=True))]
+    results = [f.result(timeout=120) for f in futures]
+    batcher.close()
+    alone = spec.load(tiny_generator)
+    for i, conv in enumerate(convs):
+        assert results[i] == alone.sample([conv], num_return=2, seed=10 + i, **sampling)[0]
+        seen, _ = streams[i]
+        assert {j: t for j, (t, _) in seen.items()} == dict(enumerate(results[i]))
+        assert all(done for _, done in seen.values())
+
+
+def test_continuous_batcher_fails_one_request_not_the_others(tiny_generator):
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make setup builds it)")
+    from icebreaker_ray.isg.engines import ContinuousBatcher
+
+    engine = EngineSpec(kind="llamacpp", batch_size=8, gguf_outtype="f32", threads=2).load(tiny_generator)
+    batcher = ContinuousBatcher(engine, num_return=2, max_sequences=4, temperature=0.9, top_p=0.95,
+                                max_new_tokens=8, max_prompt_tokens=200)
+    too_long = [{"role": "user", "content": "word " * 4000}]
+
+    def broken(news):
+        raise RuntimeError("a caller's callback failed")
+
+    bad = batcher.submit(too_long)
+    good = batcher.submit(CONVS[0], broken, seed=1)
+    with pytest.raises(EngineError, match="does not fit"):
+        bad.result(timeout=120)
+    assert len(good.result(timeout=120)) == 2  # the broken callback did not stop generation
+    assert len(batcher.submit(CONVS[1], seed=2).result(timeout=120)) == 2  # still serving
+    batcher.close()
+
+
+def test_static_batcher_routes_each_request_its_samples(hf_engine):
+    from icebreaker_ray.isg.engines import StaticBatcher, make_batcher
+
+    batcher = make_batcher(hf_engine, num_return=2, max_requests=8, temperature=0.9, top_p=0.95,
+                           max_new_tokens=8)
+    assert isinstance(batcher, StaticBatcher)
+    streams = [_collect() for _ in CONVS]
+    futures = [batcher.submit(c, on_step) for c, (_, on_step) in zip(CONVS, streams, strict=True)]
+    results = [f.result(timeout=120) for f in futures]
+    batcher.close()
+    for texts, (seen, _) in zip(results, streams, strict=True):
+        assert len(texts) == 2 and {j: t for j, (t, _) in seen.items()} == dict(enumerate(texts))

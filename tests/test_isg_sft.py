@@ -44,7 +44,7 @@ def test_sit_examples_are_prompt_completion_chunks_of_k():
     ex = sit_examples(rows, k=4)
     assert len(ex) == 2  # 9 starters -> two lists of 4, the tail of 1 dropped
     assert ex[0]["prompt"][-1]["role"] == "user" and "ramen" in ex[0]["prompt"][-1]["content"]
-    assert "exactly 4" in ex[0]["prompt"][-1]["content"]
+    assert ex[0]["prompt"][0]["role"] == "system" and "exactly 4" in ex[0]["prompt"][0]["content"]
     assert ex[1]["completion"] == [{"role": "assistant", "content": render_completion(STARTERS[4:8])}]
 
 

@@ -64,8 +64,8 @@ def test_validation_users_are_a_stable_slice_of_the_non_held_out_users():
     assert not any(is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed) for u in val)
     # a second split, not the first users in order; never mined in a round
     assert val != sorted(u for u in interests if not is_holdout(u, cfg.eval.holdout_fraction, 0))[:10]
-    cfg_all = load_config("configs/quick.yaml", ["search.max_users=1000"])
-    assert not set(val) & set(training_users(interests, cfg_all, 1, exclude=val))
+    cfg_all = load_config("configs/quick.yaml", ["search.max_users=1000", "iterate.validation_users=10"])
+    assert not set(val) & (set(training_users(interests, cfg_all, 0)) | set(training_users(interests, cfg_all, 1)))
     assert it.validation_users(interests, load_config("configs/quick.yaml", ["run.seed=1",
                                                                              "iterate.validation_users=10"])) != val
 
@@ -116,12 +116,12 @@ def stubbed_run(tmp_path, monkeypatch):
         return _lists(requests.column("user_id").to_pylist(), interests, quality(model_dir))
 
     def generate_many(jobs, cfg, params=None, **_):
+        calls["validation"].append(jobs[1][1].column("user_id").to_pylist())  # the gate's users
         return [generate_lists(r, m, cfg) for m, r in jobs]
 
-    def mining_requests(out_, cfg, round_, exclude=()):
-        mined = training_users(interests, cfg, round_, exclude)
+    def mining_requests(out_, cfg, round_):
+        mined = training_users(interests, cfg, round_)
         calls["mined"].append(mined)
-        calls["validation"].append(list(exclude))
         return pa.table({"user_id": mined, "interests": [interests[u] for u in mined],
                          "teacher_starters": [[] for _ in mined]})
 
@@ -179,10 +179,11 @@ def test_gate_refuses_a_broken_round_and_promotes_a_good_one(stubbed_run):
     started = Path(out, "iterate", "round-2", "model", "started_from").read_text()
     assert started.startswith("good:") and started.endswith("dpo/model")
     assert Path(out, "iterate", "round-3", "model", "started_from").read_text().endswith("round-2/model")
-    # validation users: the same every round, never mined, never held out
-    val = calls["validation"][0]
-    assert len(val) == 8 and all(v == val for v in calls["validation"])
-    assert all(not set(val) & set(mined) for mined in calls["mined"])
+    # validation users: gated on once (round 0's model), never mined in any round, round 0's too
+    [val] = calls["validation"]
+    interests = it.layout.trigger_interests(out)  # the fixture's users
+    assert len(val) == 8 and val == it.validation_users(interests, cfg)
+    assert all(not set(val) & set(mined) for mined in [*calls["mined"], training_users(interests, cfg, 0)])
     assert json.loads(Path(out, "iterate", "rounds.json").read_text())[0]["gate"]["promoted"] is False
 
 
@@ -202,4 +203,4 @@ def test_gate_off_promotes_every_round(stubbed_run):
     it.iterate(cfg.model_copy(update={"iterate": cfg.iterate.model_copy(update={"gate": False})}), out)
     m = _manifest(out)
     assert m["final_model"] == "round-3/model" and m["promotion"]["promoted_round"] == 3
-    assert all(r["gate"]["promoted"] for r in m["rounds"]) and calls["validation"][0] == []
+    assert all(r["gate"]["promoted"] for r in m["rounds"]) and calls["validation"] == []

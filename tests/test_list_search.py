@@ -332,3 +332,29 @@ def test_beam_value_close_to_exhaustive_on_random_pools(n: int) -> None:
 def test_exhaustive_refuses_huge_pools() -> None:
     with pytest.raises(ValueError, match="max_lists"):
         exhaustive_list_search(np.full(30, 0.5), np.eye(30), K=10, lam=0.5, max_lists=1000)
+
+
+def test_div_redundancy_asks_the_diversity_negative_for_a_redundant_pair() -> None:
+    # K=3. S+ = {0, 1, 2}, three orthogonal starters of utility 0.9 (v_div 1.0).
+    # 3 is related to 0 (cos 0.6, utility 0.9): {3, 1, 2} has v_div 0.867, lower by 0.13.
+    # 4 nearly repeats 0 (cos 0.95, utility 0.84): {0, 4, 2} has v_div 0.683 and a redundant pair.
+    c6, c95 = 0.6, 0.95
+    emb = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
+                    [c6, 0, 0, np.sqrt(1 - c6**2)], [c95, 0, 0, np.sqrt(1 - c95**2)]])
+    util = np.array([0.9, 0.9, 0.9, 0.9, 0.84])
+    plain = ListSearchParams(K=3, lam=0.5, div_gap=0.1)
+    r = hybrid_reward_list_search(util, emb, plain)
+    assert set(r.best) == {0, 1, 2}
+    # the div_gap rule alone takes the highest-scoring lower-diversity list: related, not redundant
+    assert set(r.negatives["diversity"].indices) in ({3, 1, 2}, {0, 3, 1}, {0, 3, 2})
+    strict = hybrid_reward_list_search(util, emb, ListSearchParams(K=3, lam=0.5, div_gap=0.1,
+                                                                   div_redundancy=0.9))
+    neg = strict.negatives["diversity"]
+    assert {0, 4} <= set(neg.indices)  # the near-repeat is in it
+    assert (neg.v_util, neg.v_div) == pytest.approx(((0.9 + 0.84 + 0.9) / 3, (1 - c95 + 1 + 1) / 3))
+    # no pair at or above the threshold anywhere: no diversity negative at all
+    none = hybrid_reward_list_search(util, emb, ListSearchParams(K=3, lam=0.5, div_gap=0.1,
+                                                                 div_redundancy=0.99))
+    assert none.negatives["diversity"] is None
+    with pytest.raises(ValueError, match="div_redundancy"):
+        ListSearchParams(div_redundancy=1.5)

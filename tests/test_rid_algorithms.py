@@ -13,8 +13,18 @@ import torch
 from icebreaker_ray.config import GatingSection, ScorerSection
 from icebreaker_ray.rid import gating, judge, scorer
 
-# Tiny models: one thread avoids spin-waiting on a shared 2-core box.
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread avoids spin-waiting on a shared 2-core box. Restored after
+    each test: a module-level setting would hold for the whole pytest process, and the
+    embedder's float path (so the simulated world's logged propensities, in the last bits)
+    depends on the thread count, so later tests comparing with a CLI run would differ."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # ----------------------------------------------------------------------------- eq. 3
 

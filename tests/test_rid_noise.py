@@ -18,6 +18,8 @@ def _unit(*rows: list[float]) -> np.ndarray:
 @pytest.mark.parametrize(("text", "greeting"), [
     ("hello?", True), ("Hi, how are you doing", True), ("ok thanks!", True), ("", True),
     ("test", True), ("hey there anyone here", True), ("hello? any sourdough tips", False),
+    # the simulated world's greetings with a typo (sim/voice.yaml)
+    ("hello, is this wroking", True), ("thnak you so much", True),
     ("Asked about training for a half marathon", False),
 ])
 def test_greetings(text: str, greeting: bool) -> None:
@@ -91,3 +93,36 @@ def test_minilm_functional_classifier_on_probes() -> None:
     # missed, see rid/noise.py); no interest is flagged
     assert e.functional[:6].tolist() == [True, True, False, True, True, True]
     assert not e.functional[6:].any()
+
+
+def test_interest_noise_hand_case(tmp_path):
+    """Shares of noise among all summaries and among I*, by a hand-made truth: one user,
+    five sessions; I* = the three selected (a recurring subject, a one-off, a greeting)."""
+    import pyarrow as pa
+    import pytest
+
+    from icebreaker_ray.data import io
+    from icebreaker_ray.eval.rid_quality import interest_noise
+
+    out = str(tmp_path)
+    sessions = ["s1", "s2", "s3", "s4", "s5"]
+    summaries = ["one piece wano arc", "one piece again", "hello?", "fix my grammar", "chess openings"]
+    io.write_table(pa.table({"user_id": ["u1"] * 5, "session_id": sessions, "summary": summaries,
+                             "score": [0.9, 0.5, 0.6, 0.8, 0.7],
+                             "selected": [True, False, True, False, True]}),
+                   io.table_uri(out, "distill-interests", "interests"), "interests")
+    truth = pa.table({"session_id": sessions, "user_id": ["u1"] * 5,
+                      "subject": ["A", "A", "none:s3", "F", "B"],
+                      "kind": ["regular", "regular", "greeting", "functional", "regular"]})
+    import pyarrow.parquet as pq
+
+    (tmp_path / "sim-truth").mkdir()
+    pq.write_table(truth, tmp_path / "sim-truth" / "session_truth.parquet")
+    noise = interest_noise(out)
+    everything, chosen = noise["all_summaries"], noise["trigger_interests"]
+    assert everything["summaries"] == 5 and chosen["summaries"] == 3
+    assert everything["functional"] == pytest.approx(1 / 5) and everything["greeting"] == pytest.approx(1 / 5)
+    assert everything["one_off"] == pytest.approx(1 / 5)  # B once; the greeting is no subject
+    assert chosen["functional"] == 0 and chosen["one_off"] == pytest.approx(1 / 3)
+    assert chosen["greeting"] == pytest.approx(1 / 3) and chosen["functional_or_one_off"] == pytest.approx(1 / 3)
+    assert noise["interests_per_user"] == 3

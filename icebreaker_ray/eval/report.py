@@ -161,15 +161,16 @@ def _interests_section(noise: Mapping[str, Any] | None) -> str:
     if not noise:
         return ""
     rows = [f"| {label} | {v['summaries']} | {_f(v['functional'], pct=True)} | {_f(v['one_off'], pct=True)} "
-            f"| {_f(v['sensitive'], pct=True)} | {_f(v['functional_or_one_off'], pct=True)} |"
+            f"| {_f(v.get('greeting', math.nan), pct=True)} | {_f(v['sensitive'], pct=True)} "
+            f"| {_f(v['functional_or_one_off'], pct=True)} |"
             for label, v in (("all summaries", noise["all_summaries"]),
                              ("trigger interests I*", noise["trigger_interests"]))]
     return ("## Trigger interests: noise by the hidden truth\n\n"
             f"{noise['interests_per_user']:.2f} trigger interests per user. RID drops greetings,\n"
             "functional tasks and one-off subjects before eq. 4 (`rid/noise.py`); a one-off is a\n"
             "regular subject the user had in a single session.\n\n"
-            "| | summaries | functional | one-off | sensitive | functional or one-off |\n"
-            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
+            "| | summaries | functional | one-off | greeting | sensitive | functional or one-off |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
 
 
 def _ranker_section(ranker: Mapping[str, Mapping[str, Any]] | None) -> str:

@@ -181,7 +181,8 @@ def interest_noise(out: str) -> dict[str, Any]:
     """How much of the run's trigger interests I* (``distill-interests``, the rule every
     consumer uses: :func:`~icebreaker_ray.rid.gating.trigger_interests`) is noise by the
     hidden truth, next to the same shares among all summaries: functional tasks,
-    sensitive issues, and one-off subjects (a regular subject the user had only once)."""
+    sensitive issues, one-off subjects (a regular subject the user had only once) and
+    greetings (sessions about nothing: "hello?", "test"; the realistic text style)."""
     table = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests").to_pandas()
     truth = read_truth(out)
     truth = truth.assign(n=truth.groupby(["user_id", "subject"])["session_id"].transform("size"))
@@ -197,6 +198,7 @@ def interest_noise(out: str) -> dict[str, Any]:
         return {"summaries": int(len(d)), "functional": float(functional.mean()) if len(d) else math.nan,
                 "sensitive": float(d["kind"].eq("sensitive").mean()) if len(d) else math.nan,
                 "one_off": float(one_off.mean()) if len(d) else math.nan,
+                "greeting": float(d["kind"].eq("greeting").mean()) if len(d) else math.nan,
                 "functional_or_one_off": float((functional | one_off).mean()) if len(d) else math.nan}
 
     return {"all_summaries": shares(df), "trigger_interests": shares(rows),

@@ -13,8 +13,18 @@
   decoded together: the prompt is prefilled once into sequence 0, the KV cache is shared
   with sequences 1..N-1 (``llama_memory_seq_cp``), then every step decodes one token of
   every live sequence in one ``llama_decode``. Several prompts go into one batch the same way.
+  The part every prompt shares (the chat template and the system prompt, up to where the
+  last message's text begins) is decoded once and kept in the KV cache across calls: each
+  prompt's sequence starts from a copy of those cells and prefills only the rest.
 * ``vllm`` — GPU presets only; sampling runs through Ray Data LLM / Ray Serve LLM
   (:mod:`icebreaker_ray.isg.vllm`), not through this interface.
+
+Serving takes requests one by one, whenever they come: :func:`make_batcher` wraps an engine
+in a batcher whose ``submit`` returns a future. On llamacpp it is a
+:class:`ContinuousBatcher` (a request's prompt joins the running decode loop at its next
+step, its sequences leave it when they finish: continuous batching); on other engines a
+:class:`StaticBatcher` (the requests that are pending when the engine is free go into one
+``sample`` call). Neither waits for company.
 
 Both CPU engines render the prompt with the HF tokenizer's chat template, tokenize and
 detokenize with it, so they read and write the same tokens; they sample with temperature,
@@ -26,11 +36,18 @@ advanced; sequence ``i * num_return + j`` is sample ``j`` of conversation ``i``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import queue
 import random
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+log = logging.getLogger(__name__)
 
 StepFn = Callable[[dict[int, tuple[str, bool]]], None]
 #: transformers samples from the 50 most likely tokens unless told otherwise; so does llamacpp.
@@ -145,6 +162,8 @@ class LlamaCppEngine:
             raise EngineError(f"llama.cpp could not load {gguf_path}")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.ctx, self.ctx_size = None, (0, 0)
+        # Tokens whose KV cells the context's last sequence id keeps between calls.
+        self.prefix: list[int] = []
         self.stop_ids = {i for i in (tok.eos_token_id, tok.pad_token_id) if i is not None}
 
     def close(self) -> None:
@@ -168,7 +187,7 @@ class LlamaCppEngine:
             return self.ctx
         if self.ctx is not None:
             ll.llama_free(self.ctx)
-            self.ctx = None
+            self.ctx, self.prefix = None, []
         n_ctx, n_seq = max(n_ctx, have_ctx, 512), max(n_seq, have_seq)
         p = ll.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch = n_ctx, n_ctx, min(n_ctx, 512)
@@ -189,13 +208,14 @@ class LlamaCppEngine:
         if num_return < 1 or max_new_tokens < 1:
             raise ValueError("num_return and max_new_tokens must be >= 1")
         prompts = _prompt_ids(self.tok, conversations)
+        prefix = _shared_prefix(self.tok, conversations, prompts)
         seed = random.randrange(2**31) if seed is None else seed
         per_call = max(1, self.batch_size // num_return)
         out: list[list[str]] = []
         for start in range(0, len(prompts), per_call):
             group = list(range(start, min(start + per_call, len(prompts))))
-            out += self._group(prompts, group, num_return, temperature, top_p, max_new_tokens,
-                               seed, do_sample, on_step)
+            out += self._group(prompts, group, prefix, num_return, temperature, top_p,
+                               max_new_tokens, seed, do_sample, on_step)
         return out
 
     def _samplers(self, seeds: Sequence[int], temperature: float, top_p: float, do_sample: bool):
@@ -213,30 +233,56 @@ class LlamaCppEngine:
             chains.append(chain)
         return chains
 
-    def _group(self, prompts, group, n, temperature, top_p, max_new_tokens, seed, do_sample,
-               on_step) -> list[list[str]]:
+    def _cached_prefix(self, ctx, prefix: list[int]) -> int:
+        """Make the context's last sequence hold the KV cells of ``prefix`` (decoded alone,
+        so its cells are the same whichever call computed them) and drop every other
+        sequence; returns that sequence's id."""
+        ll = self.ll
+        mem, keep = ll.llama_get_memory(ctx), self.ctx_size[1] - 1
+        if self.prefix == prefix:
+            ll.llama_memory_seq_keep(mem, keep)
+            return keep
+        ll.llama_memory_clear(mem, True)
+        self.prefix = []
+        if prefix:
+            batch = ll.llama_batch_init(len(prefix), 0, 1)
+            try:
+                for pos, token in enumerate(prefix):
+                    _put(batch, pos, token, pos, keep, False)
+                batch.n_tokens = len(prefix)
+                self._decode(ctx, batch)
+            finally:
+                ll.llama_batch_free(batch)
+            self.prefix = list(prefix)
+        return keep
+
+    def _group(self, prompts, group, prefix, n, temperature, top_p, max_new_tokens, seed,
+               do_sample, on_step) -> list[list[str]]:
         """Sample ``n`` completions for each prompt index in ``group``, all decoded together."""
         ll = self.ll
         n_seq = len(group) * n
-        prompt_tokens = sum(len(prompts[i]) for i in group)
-        n_ctx = prompt_tokens + n_seq * (max_new_tokens + 1)
+        shared = len(prefix)
+        prompt_tokens = sum(len(prompts[i]) - shared for i in group)
+        n_ctx = shared + prompt_tokens + n_seq * (max_new_tokens + 1)
         if n_ctx > self.max_context:
             raise EngineError(f"{len(group)} prompts x {n} samples need {n_ctx} KV cells, more "
                               f"than {self.max_context}: lower generation.batch_size")
-        ctx = self._context(n_ctx, n_seq)
+        ctx = self._context(n_ctx, n_seq + 1)  # + the sequence that keeps the shared prefix
+        kept = self._cached_prefix(ctx, prefix)
         mem = ll.llama_get_memory(ctx)
-        ll.llama_memory_clear(mem, True)
         batch = ll.llama_batch_init(max(prompt_tokens, n_seq), 0, 1)
         # Sample j of prompt i draws from its own generator, seeded by (seed, i, j).
         chains = self._samplers([hash((seed, i, j)) for i in group for j in range(n)],
                                 temperature, top_p, do_sample)
         try:
-            # Prefill: every prompt once, into the first sequence of its group; logits of
-            # its last token only.
+            # Prefill: every prompt once, into the first sequence of its group, from a copy
+            # of the shared prefix's cells; logits of its last token only.
             last, k = [], 0
             for g, i in enumerate(group):
-                for pos, token in enumerate(prompts[i]):
-                    _put(batch, k, token, pos, g * n, pos == len(prompts[i]) - 1)
+                if shared:
+                    ll.llama_memory_seq_cp(mem, kept, g * n, -1, -1)
+                for pos in range(shared, len(prompts[i])):
+                    _put(batch, k, prompts[i][pos], pos, g * n, pos == len(prompts[i]) - 1)
                     k += 1
                 last.append(k - 1)
             batch.n_tokens = k
@@ -285,6 +331,300 @@ class LlamaCppEngine:
 
     def _text(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------- batchers (serving)
+
+JobStepFn = Callable[[dict[int, tuple[str, bool]]], None]
+
+
+class Batcher(Protocol):
+    def submit(self, conversation: list[dict[str, str]], on_step: JobStepFn | None = None,
+               seed: int | None = None) -> Future:
+        """Queue one request; the future's result is its ``num_return`` completions.
+        ``on_step`` receives ``{sample: (text so far, finished)}`` after each step."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_batcher(engine: Engine, *, num_return: int, max_requests: int, temperature: float,
+                 top_p: float, max_new_tokens: int) -> Batcher:
+    """The serving batcher of ``engine``: continuous batching where the engine has it
+    (llamacpp), else pending requests batched per engine call."""
+    kw = dict(num_return=num_return, temperature=temperature, top_p=top_p,
+              max_new_tokens=max_new_tokens)
+    if isinstance(engine, LlamaCppEngine):
+        return ContinuousBatcher(engine, max_sequences=max_requests * num_return, **kw)
+    return StaticBatcher(engine, max_requests=max_requests, **kw)
+
+
+_CLOSE = object()
+
+
+@dataclass
+class _Request:
+    conversation: list[dict[str, str]]
+    on_step: JobStepFn | None
+    seed: int | None
+    future: Future = field(default_factory=Future)
+
+
+class _QueueThread:
+    """What both batchers share: a queue of requests and the one thread that owns the
+    engine and runs the subclass's ``_loop`` until :meth:`close`."""
+
+    def _start(self, name: str) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, conversation, on_step=None, seed=None) -> Future:
+        request = _Request(conversation, on_step, seed)
+        self.queue.put(request)
+        return request.future
+
+    def close(self) -> None:
+        self.queue.put(_CLOSE)
+        self.thread.join()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class StaticBatcher(_QueueThread):
+    """Any engine, one ``sample`` call at a time: when the engine is free, the requests
+    pending (at most ``max_requests``) go into the next call together. A request that
+    arrives while a call runs waits for it to end."""
+
+    def __init__(self, engine: Engine, *, num_return: int, max_requests: int, temperature: float,
+                 top_p: float, max_new_tokens: int) -> None:
+        self.engine, self.n, self.max_requests = engine, num_return, max_requests
+        self.sampling = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        self._start("static-batcher")
+
+
+    def _loop(self) -> None:
+        while True:
+            first = self.queue.get()
+            if first is _CLOSE:
+                return
+            batch = [first]
+            while len(batch) < self.max_requests:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _CLOSE:
+                    self.queue.put(_CLOSE)
+                    break
+                batch.append(item)
+            def route(news, batch=batch):
+                per: dict[int, dict[int, tuple[str, bool]]] = {}
+                for seq, value in news.items():
+                    per.setdefault(seq // self.n, {})[seq % self.n] = value
+                for i, part in per.items():
+                    if batch[i].on_step is not None:
+                        batch[i].on_step(part)
+
+            try:
+                texts = self.engine.sample([r.conversation for r in batch], num_return=self.n,
+                                           seed=batch[0].seed, on_step=route, **self.sampling)
+            except BaseException as exc:  # handed to every caller of the batch
+                for r in batch:
+                    r.future.set_exception(exc)
+                continue
+            for r, t in zip(batch, texts, strict=True):
+                r.future.set_result(t)
+
+
+@dataclass
+class _Live:
+    """A request inside the continuous batch: its sequence ids, KV cells and samples."""
+
+    request: _Request
+    prompt: list[int]
+    seqs: list[int]
+    cells: int
+    chains: list[Any]
+    tokens: list[list[int]]
+    done: list[bool]
+    rows: list[int]
+
+
+class ContinuousBatcher(_QueueThread):
+    """llama.cpp continuous batching for serving. One thread owns the engine's context
+    and loops: requests that arrived join at the next step (their prompt is prefilled in
+    the same ``llama_decode`` as one token of every running sequence, from the cached
+    shared prefix), each of a request's ``num_return`` samples decodes on its own
+    sequence, and a request leaves the batch, freeing its sequences and KV cells, as soon
+    as all of its samples have finished. At most ``max_sequences`` sequences run at once;
+    a request that does not fit waits for room. The engine must not be used for anything
+    else while the batcher runs."""
+
+    def __init__(self, engine: LlamaCppEngine, *, num_return: int, max_sequences: int,
+                 temperature: float, top_p: float, max_new_tokens: int,
+                 max_prompt_tokens: int = 1024) -> None:
+        if num_return < 1 or max_new_tokens < 1:
+            raise ValueError("num_return and max_new_tokens must be >= 1")
+        self.e, self.n = engine, num_return
+        self.max_sequences = max(max_sequences, num_return)
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        per_request = max_prompt_tokens + num_return * (max_new_tokens + 1)
+        self.n_ctx = min(engine.max_context,
+                         max_prompt_tokens + (self.max_sequences // num_return) * per_request)
+        self._start("llamacpp-batcher")
+
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        ll, e = self.e.ll, self.e
+        ctx = e._context(self.n_ctx, self.max_sequences + 1)  # + the shared prefix's sequence
+        self.keep = e.ctx_size[1] - 1
+        self.mem = ll.llama_get_memory(ctx)
+        batch = ll.llama_batch_init(e.ctx_size[0], 0, 1)
+        self.pending: deque[_Request] = deque()
+        self.live: list[_Live] = []
+        self.free = list(range(self.max_sequences))
+        self.cells_free = e.ctx_size[0] - len(e.prefix)
+        closing = False
+        try:
+            while True:
+                # Wait for work only when nothing is running; else take what has arrived.
+                while not closing:
+                    try:
+                        item = self.queue.get(block=not self.live and not self.pending)
+                    except queue.Empty:
+                        break
+                    if item is _CLOSE:
+                        closing = True
+                    else:
+                        self.pending.append(item)
+                if closing and not self.live:
+                    for r in self.pending:
+                        r.future.set_exception(RuntimeError("the batcher was closed"))
+                    return
+                admitted: list[_Live] = []
+                try:
+                    self._step(ctx, batch, admitted)
+                except Exception as exc:  # fail what was running, start over with a clean cache
+                    log.exception("llama.cpp batch step failed")
+                    for job in [*self.live, *admitted]:
+                        self._release(job, self.free)
+                        if not job.request.future.done():
+                            job.request.future.set_exception(exc)
+                    self.live = []
+                    ll.llama_memory_clear(self.mem, True)
+                    e.prefix = []
+                    self.cells_free = e.ctx_size[0]
+        finally:
+            ll.llama_batch_free(batch)
+            for job in self.live:
+                self._release(job, self.free)
+
+    def _step(self, ctx, batch, admitted: list[_Live]) -> None:
+        """Admit what fits, decode one token of every running sequence together with the
+        new prompts, sample, report, and finish the requests that are done."""
+        ll, e = self.e.ll, self.e
+        rows = 0
+        while self.pending and len(self.free) >= self.n:
+            request = self.pending[0]
+            try:
+                prompt = _prompt_ids(e.tok, [request.conversation])[0]
+                if not self.live and not admitted:  # idle: the cached prefix may change
+                    e._cached_prefix(ctx, _shared_prefix(e.tok, [request.conversation], [prompt]))
+                    self.cells_free = e.ctx_size[0] - len(e.prefix)
+                shared = (len(e.prefix) if prompt[:len(e.prefix)] == e.prefix
+                          and len(prompt) > len(e.prefix) else 0)
+                need = len(prompt) - shared + self.n * (self.max_new_tokens + 1)
+                if need > e.ctx_size[0] - len(e.prefix):
+                    raise EngineError(f"a prompt of {len(prompt)} tokens does not fit the "
+                                      f"batcher's {e.ctx_size[0]} KV cells")
+            except Exception as exc:
+                self.pending.popleft()
+                request.future.set_exception(exc)
+                continue
+            if need > self.cells_free:
+                break  # wait for running requests to free their cells
+            self.pending.popleft()
+            seqs = [self.free.pop() for _ in range(self.n)]
+            seed = random.randrange(2**31) if request.seed is None else request.seed
+            job = _Live(request, prompt, seqs, need,
+                        e._samplers([hash((seed, 0, j)) for j in range(self.n)],
+                                    self.temperature, self.top_p, True),
+                        [[] for _ in seqs], [False] * self.n, [0] * self.n)
+            admitted.append(job)
+            self.cells_free -= need
+            if shared:
+                ll.llama_memory_seq_cp(self.mem, self.keep, seqs[0], -1, -1)
+            for pos in range(shared, len(prompt)):
+                _put(batch, rows, prompt[pos], pos, seqs[0], pos == len(prompt) - 1)
+                rows += 1
+            job.rows = [rows - 1] * self.n  # every sample starts from the prompt's last logits
+        for job in self.live:
+            for j, s in enumerate(job.seqs):
+                if not job.done[j]:
+                    _put(batch, rows, job.tokens[j][-1], len(job.prompt) + len(job.tokens[j]) - 1, s, True)
+                    job.rows[j] = rows
+                    rows += 1
+        if rows == 0:
+            return
+        batch.n_tokens = rows
+        e._decode(ctx, batch)
+        for job in admitted:  # the other samples of a prompt share its cells
+            for s in job.seqs[1:]:
+                ll.llama_memory_seq_cp(self.mem, job.seqs[0], s, -1, -1)
+        self.live += admitted
+        admitted.clear()
+        for job in list(self.live):
+            news = {}
+            for j in range(self.n):
+                if job.done[j]:
+                    continue
+                token = ll.llama_sampler_sample(job.chains[j], ctx, job.rows[j])
+                if token in e.stop_ids or ll.llama_vocab_is_eog(e.vocab, token):
+                    job.done[j] = True
+                else:
+                    job.tokens[j].append(token)
+                    job.done[j] = len(job.tokens[j]) >= self.max_new_tokens
+                news[j] = (e._text(job.tokens[j]), job.done[j])
+            if job.request.on_step is not None and news:
+                try:
+                    job.request.on_step(news)
+                except Exception:  # one caller's callback must not stop the others
+                    log.exception("on_step callback failed")
+            if all(job.done):
+                self.live.remove(job)
+                self._release(job, self.free)
+                self.cells_free += job.cells
+                job.request.future.set_result([e._text(t) for t in job.tokens])
+
+    def _release(self, job: _Live, free: list[int]) -> None:
+        """Give a finished (or failed) request's sequences, KV cells and samplers back."""
+        for s in job.seqs:
+            self.e.ll.llama_memory_seq_rm(self.mem, s, -1, -1)
+        for chain in job.chains:
+            self.e.ll.llama_sampler_free(chain)
+        job.chains = []
+        free.extend(job.seqs)
+        job.seqs = []
+
+
+def _shared_prefix(tok: Any, conversations: Sequence[list[dict[str, str]]],
+                   prompts: Sequence[list[int]]) -> list[int]:
+    """The tokens every prompt starts with, up to where the last message's text begins
+    (the chat template and the messages before it, e.g. the system prompt): the common
+    prefix of the prompts and of the first conversation rendered with that text emptied.
+    At least one token of every prompt is left to prefill (its logits start sampling)."""
+    if not prompts:
+        return []
+    last = conversations[0][-1]
+    probe = _prompt_ids(tok, [[*conversations[0][:-1], {**last, "content": ""}]])[0]
+    n = min(len(probe), *(len(p) - 1 for p in prompts))
+    for p in prompts:
+        n = next((j for j in range(n) if p[j] != probe[j]), n)
+    return list(probe[:max(n, 0)])
 
 
 def _put(batch, row: int, token: int, pos: int, seq: int, logits: bool) -> None:

@@ -176,7 +176,9 @@ def teacher_prompt(
 
 GENERATOR_SYSTEM = (
     "You write conversation starters for the empty chat screen of an AI assistant. "
-    f"Reply only with {SUG_OPEN} starter {STARTER_SEP} starter {SUG_CLOSE}."
+    "Write exactly {k} short, specific, varied starters (questions or requests, each at most "
+    "{max_chars} characters, no medical or sensitive topics). "
+    f"Reply only with {SUG_OPEN} starter 1 {STARTER_SEP} starter 2 {SUG_CLOSE}."
 )
 
 
@@ -186,24 +188,23 @@ def generator_messages(
     """Chat messages asking the generator ``pi_theta(. | I*)`` for exactly ``k`` starters.
 
     Shorter than Table 4 because the generator learns the rules from its SIT targets;
-    the interests are sanitized like the teacher's.
+    the interests are sanitized like the teacher's. The fixed part (the rules, ``k``,
+    the format) is the system message and the user's interests come last, so the prompts
+    of every user share one prefix, which the llamacpp engine decodes once and keeps
+    (:mod:`icebreaker_ray.isg.engines`).
 
     >>> [m["role"] for m in generator_messages(["sourdough"], k=4)]
     ['system', 'user']
+    >>> generator_messages(["sourdough"], k=4)[1]["content"].splitlines()
+    ['User interests:', '- sourdough']
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     _check_limits(max_chars)
     clean = _sanitize_all(interests, MAX_INTEREST_CHARS, MAX_INTERESTS)
-    user = (
-        f"User interests:\n{_bullets(clean)}\n\n"
-        f"Write exactly {k} short, specific, varied starters (questions or requests, "
-        f"each at most {max_chars} characters, no medical or sensitive topics).\n"
-        f"Format: {SUG_OPEN} starter 1 {STARTER_SEP} starter 2 {SUG_CLOSE}"
-    )
     return [
-        {"role": "system", "content": GENERATOR_SYSTEM},
-        {"role": "user", "content": user},
+        {"role": "system", "content": GENERATOR_SYSTEM.format(k=k, max_chars=max_chars)},
+        {"role": "user", "content": f"User interests:\n{_bullets(clean)}"},
     ]
 
 

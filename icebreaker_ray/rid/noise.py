@@ -8,7 +8,8 @@ one-off subjects before this rule (24.5% and 12.0% of all summaries). Three chec
 user's whole history, make a summary *ineligible*:
 
 * **greeting / empty** — fewer than two words once greeting and filler words are removed
-  ("hello?", "hi how are you", "ok thanks", "test");
+  ("hello?", "hi how are you", "ok thanks", "test"); the words cover every greeting of the
+  simulated world's realistic text, typo'd ones included ("thnak you so much");
 * **functional** — max cosine to :data:`FUNCTIONAL_PROTOTYPES` (descriptions of one-shot
   utility tasks: fix grammar, translate, convert units, draft a letter) >= ``threshold``.
   0.32 was set on hand-written probes that are neither prototypes nor simulator text (26
@@ -27,7 +28,10 @@ user's whole history, make a summary *ineligible*:
   so the figure is in-sample: functional or one-off trigger interests (distinct texts, by
   the hidden truth) 13.7% without these checks; with them, checking every user, 5.6% at
   0.5, 4.8% at 0.55, 3.5% at 0.6; with the history floor 15, 4.4% (3.62 interests per user;
-  floor 10: 4.4%, 20: 5.0%).
+  floor 10: 4.4%, 20: 5.0%). Those figures are of the catalog-template world; on the
+  realistic text of ``sim.text_style: realistic`` (typos, greetings, mixed intents), with
+  the settings unchanged: 1.9% functional or one-off, no greeting (4.1% of all summaries
+  are greetings), 4.63 interests per user.
 
 A user with no eligible summary keeps the rule of :func:`~icebreaker_ray.rid.gating.trigger_interests`
 (the best-scored summary), so every user with a history still gets a personal prompt.
@@ -67,7 +71,7 @@ GREETING_WORDS = frozenset("""
     good afternoon ok okay k kk thanks thank thx ty you u ur yes no yeah yep nope sure lol
     lmao haha hahaha hmm um uh oh test testing are r how is it going doing whats what's up
     there anyone anybody here the a an i im i'm am me my and so well just nice to meet bye
-    goodbye see ya cya later again please pls plz
+    goodbye see ya cya later again please pls plz this much working
 """.split())
 
 _WORD_RE = re.compile(r"[^\W\d_]+(?:['\u2019][^\W\d_]+)*")

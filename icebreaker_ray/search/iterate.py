@@ -47,13 +47,12 @@ import pyarrow as pa
 from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
-from icebreaker_ray.data.splits import hash_fraction, is_holdout
 from icebreaker_ray.isg.batch import complete_share, generate_lists, generate_many
 from icebreaker_ray.isg.stage import MODEL_DIR, dpo_round
 from icebreaker_ray.raykit import init_ray, node_id
 from icebreaker_ray.reward.proxy import interest_similarity
 from icebreaker_ray.search.mine import pools_from_lists, search_pairs
-from icebreaker_ray.search.stage import mining_requests, pair_stats
+from icebreaker_ray.search.stage import mining_requests, pair_stats, validation_users
 
 UTIL_DIR = "util"
 
@@ -81,16 +80,6 @@ def _refit_ranker(cfg: Config, writer: io.StageWriter, sessions: pa.Table, users
 
 
 # ----------------------------------------------------------------------------- the round gate
-
-
-def validation_users(interests: Mapping[str, Sequence[str]], cfg: Config) -> list[str]:
-    """The round gate's validation slice: ``iterate.validation_users`` users that are not
-    held out (``eval.holdout_fraction``: the graded users are never looked at here), those
-    with the smallest key of a second hash split (seed ``"<run.seed>:validation"``,
-    independent of the held-out split), sorted. Stable across runs and rounds."""
-    pool = [u for u in interests if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed)]
-    pool.sort(key=lambda u: (hash_fraction(u, f"{cfg.run.seed}:validation"), u))
-    return sorted(pool[: cfg.iterate.validation_users])
 
 
 def gate_figures(lists: pa.Table, interests: Mapping[str, Sequence[str]], encoder, k: int) -> dict[str, Any]:
@@ -193,7 +182,7 @@ def iterate(cfg: Config, out: str) -> dict[str, Any]:
     generator = io.absolute(layout.dpo_generator(out))  # actors and workers load it
     for r in range(1, it.rounds + 1):
         here = round_dir(r)
-        requests = mining_requests(out, cfg, r, exclude=held_back)
+        requests = mining_requests(out, cfg, r)  # never the validation users
         if it.gate and incumbent is None:  # round 0's model on the validation users, same pass
             lists, checked = generate_many([(generator, requests), (generator, validation)], cfg)
             incumbent = gate_figures(checked, interests, encoder, cfg.generation.K)

@@ -83,6 +83,11 @@ class ListSearchParams:
       0.15, so the default 0.1 asks for at least one (and is twice the tolerance below).
     * "comparable diversity": |d(S) - d(S+)| <= div_tolerance (absolute).
     * joint failure: lower by at least the gap on both dimensions.
+    * ``div_redundancy`` (None: off): a diversity negative must also hold a redundant pair,
+      two starters at cosine >= ``div_redundancy``. A lower mean dissimilarity alone is
+      often two related but distinct starters, which a reader need not mind; a redundant
+      pair wastes a slot of the list, which is the non-redundancy that diversity
+      negatives are meant to teach (§2.3.2).
 
     ``coherent_running_value``: if True, line 11 uses K·R_div instead of R_div, so the running
     value of a complete list is exactly K times its eq. 8 Score and the beam ranks complete
@@ -103,6 +108,7 @@ class ListSearchParams:
     util_tolerance: float = 0.1
     div_gap: float = 0.1
     div_tolerance: float = 0.05
+    div_redundancy: float | None = None
     coherent_running_value: bool = False
     num_random_lists: int = 256
     max_swap_lists: int = 4096
@@ -118,6 +124,9 @@ class ListSearchParams:
                 raise ValueError(f"ListSearchParams.{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.coherent_running_value, bool):
             raise ValueError("ListSearchParams.coherent_running_value must be a bool")
+        if self.div_redundancy is not None and not -1 <= self.div_redundancy <= 1:
+            raise ValueError(
+                f"ListSearchParams.div_redundancy must be a cosine in [-1, 1], got {self.div_redundancy!r}")
         if not (math.isfinite(self.lam) and self.lam >= 0):
             raise ValueError(f"ListSearchParams.lam (λ) must be finite and >= 0, got {self.lam!r}")
         for gap, tol in (("util_gap", "util_tolerance"), ("div_gap", "div_tolerance")):
@@ -350,6 +359,16 @@ def _list_stats(
     return utility[lists].mean(axis=1), lists_diversity(dissim, lists)
 
 
+def _max_cosine(dissim: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """The closest pair's cosine in every row of the (L, K) index array ``lists`` (from the
+    clipped dissimilarity, so exact for cosines in [0, 1])."""
+    k = lists.shape[1]
+    if k < 2:
+        return np.full(lists.shape[0], -1.0)
+    rows, cols = np.triu_indices(k, k=1)
+    return 1.0 - dissim[lists[:, rows], lists[:, cols]].min(axis=1)
+
+
 def _combination_chunks(n: int, k: int, chunk: int) -> Iterator[np.ndarray]:
     """All k-subsets of range(n) as (≤chunk, k) index arrays, in lexicographic order."""
     combos = itertools.combinations(range(n), k)
@@ -382,6 +401,8 @@ def _select_negatives(
     util_same = np.abs(v_util - u0) <= params.util_tolerance * u0
     div_lower = v_div <= d0 - params.div_gap
     div_same = np.abs(v_div - d0) <= params.div_tolerance
+    if params.div_redundancy is not None:
+        div_lower &= _max_cosine(dissim, lists) >= params.div_redundancy
     rules = {
         "utility": (util_lower & div_same, np.argmax),
         "diversity": (div_lower & util_same, np.argmax),

@@ -53,7 +53,7 @@ def search_params(cfg) -> ListSearchParams:
     s = cfg.search
     return ListSearchParams(K=s.K, J=s.J, M=s.M, lam=s.lam, util_gap=s.util_gap,
                             util_tolerance=s.util_tolerance, div_gap=s.div_gap,
-                            div_tolerance=s.div_tolerance)
+                            div_tolerance=s.div_tolerance, div_redundancy=s.div_redundancy)
 
 
 def prompt_for(interests: Sequence[str], k: int, max_chars: int) -> str:

@@ -10,13 +10,14 @@ proxy instead, and the manifest's ``utility`` says which). Writes ``OUT/mine/``:
 - ``preference_pairs.parquet``: S+ against each negative type found (hierarchical pairs);
 - ``feedback_pairs.parquet``: the vanilla SFT+DPO baseline's pairs, from logged feedback
   only (a clicked list against an unclicked list of the same user), no list search.
-Held-out evaluation users (``eval.holdout_fraction``) are never mined.
+Held-out evaluation users (``eval.holdout_fraction``) are never mined, nor are the round
+gate's validation users (:func:`validation_users`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
 from icebreaker_ray.data.schemas import schema
-from icebreaker_ray.data.splits import is_holdout
+from icebreaker_ray.data.splits import hash_fraction, is_holdout
 from icebreaker_ray.isg.generate import GenerationParams
 from icebreaker_ray.layout import trigger_interests
 from icebreaker_ray.raykit import init_ray, node_id
@@ -39,11 +40,23 @@ from icebreaker_ray.search.mine import (
 )
 
 
+def validation_users(interests: Mapping[str, Sequence[str]], cfg: Config) -> list[str]:
+    """The round gate's validation slice: ``iterate.validation_users`` users that are not
+    held out (``eval.holdout_fraction``: the graded users are never looked at here), those
+    with the smallest key of a second hash split (seed ``"<run.seed>:validation"``,
+    independent of the held-out split), sorted. Stable across runs and rounds."""
+    pool = [u for u in interests if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed)]
+    pool.sort(key=lambda u: (hash_fraction(u, f"{cfg.run.seed}:validation"), u))
+    return sorted(pool[: cfg.iterate.validation_users])
+
+
 def training_users(interests: dict[str, list[str]], cfg: Config, round_: int,
                    exclude: Collection[str] = ()) -> list[str]:
-    """The users mined in ``round_``: not held out, not in ``exclude`` (the round gate's
-    validation users), at most ``search.max_users`` of them (a seeded sample per round)."""
-    skip = set(exclude)
+    """The users mined in ``round_`` (round 0 included): not held out, not the round gate's
+    validation users (with ``iterate.gate``: the gate compares generators on users none of
+    them was trained on), not in ``exclude``, at most ``search.max_users`` of them (a seeded
+    sample per round)."""
+    skip = set(exclude) | set(validation_users(interests, cfg) if cfg.iterate.gate else ())
     users = sorted(u for u in interests
                    if not is_holdout(u, cfg.eval.holdout_fraction, cfg.run.seed) and u not in skip)
     cap = cfg.search.max_users

@@ -5,7 +5,7 @@
 
     HTTP -> Ingress (FastAPI, web.py)
               -> InterestDistiller   embeddings + resonance scorer + gating  -> I*
-              -> StarterGenerator    @serve.batch sampling of N candidate lists, streaming
+              -> StarterGenerator    N candidate lists per request, continuous batching, streaming
               -> ListSelector        the evaluated list policy (isg.generate.select_list), R_util scores
 
 Each deployment gets its resources and ``autoscaling_config`` from
@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 from ray import serve
 from ray.serve import Application
@@ -31,8 +31,8 @@ from ray.serve.handle import DeploymentHandle
 from icebreaker_ray.config import Config, ConfigError, DeploymentSection
 from icebreaker_ray.serve.artifacts import Artifacts, event_store_path, locate
 from icebreaker_ray.serve.components import (
-    BatchSampler,
     Distilled,
+    GenerationQueue,
     GenJob,
     GenUpdate,
     InterestDistillerCore,
@@ -115,9 +115,10 @@ class InterestDistiller:
 
 @serve.deployment
 class StarterGenerator:
-    """Samples N candidate lists per request with the configured engine; concurrent
-    requests share one engine call (``@serve.batch``); streaming callers get per-step
-    progress of their batch."""
+    """Samples N candidate lists per request with the configured engine. A request joins
+    the engine's running batch as soon as it arrives (continuous batching on llamacpp: no
+    batch window to wait for, no request waiting for another batch to end); streaming
+    callers get each step's news."""
 
     def __init__(self, cfg: Config, art: Artifacts) -> None:
         from icebreaker_ray.isg.engines import EngineSpec
@@ -125,53 +126,29 @@ class StarterGenerator:
 
         _replica_setup(cfg, "StarterGenerator")
         spec = EngineSpec.from_config(cfg, threads=deployment_settings(cfg, "StarterGenerator").num_threads)
-        self.sampler = BatchSampler(spec.load(art.generator), GenerationParams.from_config(cfg),
-                                    candidates_per_request(cfg))
-        # One generate() at a time: batches queue up behind it and grow meanwhile.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        self._batched.set_max_batch_size(cfg.serve.max_batch_size)
-        self._batched.set_batch_wait_timeout_s(cfg.serve.batch_wait_timeout_s)
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _batched(self, jobs: list[GenJob]) -> AsyncIterator[list[GenUpdate]]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-
-        def put(item) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            try:
-                texts = self.sampler.run(jobs, put)
-                put([GenUpdate(texts=t) for t in texts])
-            except BaseException as exc:  # handed to the awaiting callers
-                put(exc)
-
-        done = loop.run_in_executor(self._executor, work)
-        while True:
-            item = await queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if item[0].texts is not None:
-                break
-        await done
+        self.queue = GenerationQueue(spec.load(art.generator), GenerationParams.from_config(cfg),
+                                     candidates_per_request(cfg), cfg.serve.max_batch_size)
 
     async def sample(self, job: GenJob) -> list[str]:
         """The candidate texts of one request."""
-        texts = None
-        async for update in self._batched(job):  # to the end: the batch handler closes it
-            if update.texts is not None:
-                texts = update.texts
-        if texts is None:
-            raise RuntimeError("generation ended without a result")
-        return texts
+        return await asyncio.wrap_future(self.queue.submit(job))
 
     async def stream(self, job: GenJob) -> AsyncIterator[GenUpdate]:
         """Progress of one request (first token, finished raw starters), then its texts."""
-        async for update in self._batched(job):
-            if not update.empty:
-                yield update
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue = asyncio.Queue()
+
+        def put(item) -> None:  # from the engine's thread; keeps the order of the calls
+            loop.call_soon_threadsafe(updates.put_nowait, item)
+
+        future = self.queue.submit(job, put)
+        future.add_done_callback(put)
+        while True:
+            item = await updates.get()
+            if isinstance(item, Future):
+                yield GenUpdate(texts=item.result())  # raises what generation raised
+                return
+            yield item
 
 
 @serve.deployment

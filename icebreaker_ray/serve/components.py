@@ -2,8 +2,8 @@
 
     distiller = InterestDistillerCore(cfg, art)       # I* for one user (paper §2.2, eq. 4)
     d = distiller.distill("u0000003", summaries=None)
-    sampler = BatchSampler(EngineSpec.from_config(cfg).load(art.generator), params, num_candidates=8)
-    [texts] = sampler.run([GenJob(d.interests, k=4)])  # N sampled lists per job, one engine call
+    queue = GenerationQueue(EngineSpec.from_config(cfg).load(art.generator), params, 8, max_requests=8)
+    texts = queue.submit(GenJob(d.interests, k=4)).result()  # N sampled lists, batched with others
     selector = ListSelectorCore(cfg, art)
     picks = selector.select("u0000003", d.history, d.interests, texts, k=4)
 
@@ -12,9 +12,11 @@
   threshold tau_b of the user's activity bucket, best ``gating.max_interests`` first.
   Without a scorer in the run, it falls back to the most recent
   ``generation.max_summaries`` summaries (the PE input). No history at all: cold start.
-* :class:`BatchSampler` samples the candidate lists of several requests in one call of
-  the generation engine (``generation.engine``: hf or llamacpp) and reports progress per
-  step, so a streaming request sees each starter as soon as the model has finished writing it.
+* :class:`GenerationQueue` samples each request's candidate lists as soon as it arrives,
+  batched with the requests already running (continuous batching on llamacpp), and
+  reports progress per step, so a streaming request sees each starter as soon as the model
+  has finished writing it; :class:`BatchSampler` does the same for a known batch of jobs in
+  one engine call (precompute, benchmarks).
 * :class:`ListSelectorCore` picks the list by the policy evaluation grades
   (:func:`~icebreaker_ray.isg.generate.select_list`: the first sampled candidate that
   keeps K starters after the rule/safety filter of training,
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -231,7 +234,9 @@ def finished_starters(text: str, done: bool) -> list[str]:
 
 class BatchSampler:
     """Samples ``num_candidates`` lists for every job of a batch in one engine call
-    (:mod:`icebreaker_ray.isg.engines`: the candidates of a request share its prompt)."""
+    (:mod:`icebreaker_ray.isg.engines`: the candidates of a request share its prompt):
+    the batch path (precompute, benchmarks). Serving takes requests one by one:
+    :class:`GenerationQueue`."""
 
     def __init__(self, engine: Engine, params: GenerationParams, num_candidates: int) -> None:
         self.engine, self.params = engine, params
@@ -243,39 +248,80 @@ class BatchSampler:
         :class:`GenUpdate` per job whenever a streaming job has news."""
         convs = [generator_messages(job.interests, k=job.k, max_chars=self.params.max_chars)
                  for job in jobs]
-        progress = (_Progress(jobs, self.num_candidates, emit)
-                    if emit and any(j.stream for j in jobs) else None)
+        on_step = None
+        if emit and any(j.stream for j in jobs):
+            trackers = [JobProgress() if j.stream else None for j in jobs]
+            n = self.num_candidates
+
+            def on_step(news: dict[int, tuple[str, bool]]) -> None:
+                per: dict[int, dict[int, tuple[str, bool]]] = {}
+                for seq, value in news.items():
+                    per.setdefault(seq // n, {})[seq % n] = value
+                updates = [GenUpdate() for _ in jobs]
+                for i, part in per.items():
+                    if trackers[i] is not None:
+                        updates[i] = trackers[i].step(part)
+                if not all(u.empty for u in updates):
+                    emit(updates)
+
         return self.engine.sample(
             convs, num_return=self.num_candidates, temperature=self.params.temperature,
-            top_p=self.params.top_p, max_new_tokens=self.params.max_new_tokens,
-            on_step=progress.step if progress else None)
+            top_p=self.params.top_p, max_new_tokens=self.params.max_new_tokens, on_step=on_step)
 
 
-class _Progress:
-    """Per-step bookkeeping of :meth:`BatchSampler.run` for streaming jobs: the engine
-    reports ``{sequence: (text so far, finished)}``; sequence ``s`` is a sample of job
-    ``s // num_candidates``."""
+class JobProgress:
+    """One request's streaming bookkeeping: the engine reports ``{sample: (text so far,
+    finished)}`` after each step; :meth:`step` turns it into what is new for the caller
+    (the first token, starters the model has finished writing)."""
 
-    def __init__(self, jobs: Sequence[GenJob], num_candidates: int,
-                 emit: Callable[[list[GenUpdate]], None]) -> None:
-        self.jobs, self.n, self.emit = jobs, num_candidates, emit
-        self.reported: dict[int, int] = {}  # finished starters already sent, per sequence
-        self.started = [False] * len(jobs)  # a job's first token has been reported
+    def __init__(self) -> None:
+        self.reported: dict[int, int] = {}  # finished starters already sent, per sample
+        self.started = False
 
-    def step(self, news: dict[int, tuple[str, bool]]) -> None:
-        updates = [GenUpdate() for _ in self.jobs]
-        for seq, (text, done) in news.items():
-            j = seq // self.n
-            if not self.jobs[j].stream:
-                continue
-            if not self.started[j]:
-                self.started[j] = updates[j].first_token = True
+    def step(self, news: dict[int, tuple[str, bool]]) -> GenUpdate:
+        update = GenUpdate()
+        if news and not self.started:
+            self.started = update.first_token = True
+        for sample, (text, done) in news.items():
             found = finished_starters(text, done)
-            if len(found) > self.reported.get(seq, 0):
-                updates[j].new_starters.extend(found[self.reported.get(seq, 0):])
-                self.reported[seq] = len(found)
-        if not all(u.empty for u in updates):
-            self.emit(updates)
+            if len(found) > self.reported.get(sample, 0):
+                update.new_starters.extend(found[self.reported.get(sample, 0):])
+                self.reported[sample] = len(found)
+        return update
+
+
+class GenerationQueue:
+    """Serving: each request's ``num_candidates`` lists are sampled as soon as it arrives,
+    beside whatever the engine is already generating (continuous batching on llamacpp;
+    on other engines, the requests pending when the engine is free share its next call):
+    :func:`~icebreaker_ray.isg.engines.make_batcher`. Nobody waits for a batch to fill."""
+
+    def __init__(self, engine: Engine, params: GenerationParams, num_candidates: int,
+                 max_requests: int) -> None:
+        from icebreaker_ray.isg.engines import make_batcher
+
+        self.params = params
+        self.batcher = make_batcher(engine, num_return=num_candidates, max_requests=max_requests,
+                                    temperature=params.temperature, top_p=params.top_p,
+                                    max_new_tokens=params.max_new_tokens)
+
+    def submit(self, job: GenJob, emit: Callable[[GenUpdate], None] | None = None) -> Future:
+        """Queue one request; the future's result is its candidate texts. ``emit`` (if
+        given) receives a :class:`GenUpdate` whenever the request has news."""
+        conv = generator_messages(job.interests, k=job.k, max_chars=self.params.max_chars)
+        on_step = None
+        if emit is not None:
+            tracker = JobProgress()
+
+            def on_step(news: dict[int, tuple[str, bool]]) -> None:
+                update = tracker.step(news)
+                if not update.empty:
+                    emit(update)
+
+        return self.batcher.submit(conv, on_step)
+
+    def close(self) -> None:
+        self.batcher.close()
 
 
 # ----------------------------------------------------------------------------- list selection

@@ -30,11 +30,13 @@ import numpy as np
 import pyarrow as pa
 
 from icebreaker_ray.eval.metrics import online_metrics
-from icebreaker_ray.sim.catalog import Catalog, render_summary
+from icebreaker_ray.sim.catalog import Catalog
 from icebreaker_ray.sim.oracle import ClickOracle, OracleParams
 from icebreaker_ray.sim.policy import Slate
 from icebreaker_ray.sim.world import (
+    GREETING,
     STREAM_CLICK,
+    STREAM_STARTER_TEXT,
     SessionEvent,
     UserState,
     World,
@@ -56,6 +58,20 @@ class DayLog:
     events: pa.Table  # one row per (user, day) visit: the online-metric units
     session_truth: pa.Table  # hidden: subject and origin of every session
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+#: Prefix of the truth's subject id of a session about nothing (see :func:`no_subject_id`).
+NO_SUBJECT_PREFIX = "none:"
+
+
+def no_subject_id(session_id: str) -> str:
+    """The truth's subject of a greeting session: unique to that session. Truth code
+    compares subject ids (same subject = a revisit, a subject seen again later = a relevant
+    interest, one seen once = a one-off), so a unique id makes a greeting none of these:
+    ``"hi"`` then ``"hello?"`` is no revisit. Its ``kind`` and ``category`` are
+    ``"greeting"``. Never a catalog id (those are snake_case); not null, because two nulls
+    compare equal in Python and would make every pair of greetings a revisit."""
+    return NO_SUBJECT_PREFIX + session_id
 
 
 def _slate(x: Slate | list[str]) -> Slate:
@@ -178,7 +194,8 @@ class SimEnv:
                 ev["day"].append(day)
                 ev["shown"].append(len(slates[vi].starters) if slates else 0)
                 ev["clicked"].append(int(clicked_pos >= 0))
-                ev["sessions"].append(len(day_sessions))
+                # Greeting-only sessions are logged but are no conversation about anything.
+                ev["sessions"].append(sum(s.has_subject for s in day_sessions))
                 ev["started"].append(bool(day_sessions))
                 ev["depth"].append(depth)
             for user in self.users:
@@ -199,7 +216,8 @@ class SimEnv:
             in_cat = np.flatnonzero(self.world.subject_category == cat)
             w = user.interest_weights(day, self.world.num_subjects)[in_cat] + self.world.popularity[in_cat] * 0.1
             subject = int(rng.choice(in_cat, p=w / w.sum()))
-        summary = render_summary(self.world.subjects[subject], rng)
+        text_rng = self.world.text_rng(self.seed, user, day, STREAM_STARTER_TEXT)
+        summary = self.world.summary(user, subject, rng, text_rng)
         return SessionEvent(user.index, day, 0, float(rng.uniform(6, 7)), summary, subject, "starter")
 
     def _day_log(self, sess: list[SessionEvent], imp: dict, ev: dict) -> DayLog:
@@ -212,13 +230,17 @@ class SimEnv:
             n = self._seq.get((e.user, e.day), 0)
             self._seq[(e.user, e.day)] = n + 1
             sid = f"{uid}-{e.day:04d}-{n:02d}"
-            subject = self.world.subjects[e.subject]
             rows["user_id"].append(uid)
             rows["session_id"].append(sid)
             rows["ts"].append(int((START_TS + e.day * 86400 + e.hour * 3600) * 1000))
             rows["summary"].append(e.summary)
-            for key, value in (("session_id", sid), ("user_id", uid), ("subject", subject.id),
-                               ("category", subject.category_id), ("kind", subject.kind),
+            if e.has_subject:
+                subject = self.world.subjects[e.subject]
+                subject_id, category, kind = subject.id, subject.category_id, subject.kind
+            else:
+                subject_id, category, kind = no_subject_id(sid), GREETING, GREETING
+            for key, value in (("session_id", sid), ("user_id", uid), ("subject", subject_id),
+                               ("category", category), ("kind", kind),
                                ("origin", e.origin), ("day", e.day)):
                 truth[key].append(value)
         ts = pa.timestamp("ms", tz="UTC")
@@ -243,16 +265,21 @@ class SimEnv:
 
 def simulate_shard(catalog: Catalog, encoder_factory: Callable[[], Any], first_user: int,
                    num_users: int, seed: int, warmup_days: int, logged_days: int,
-                   policy_factory: Callable[[Any], Policy] | None, k: int) -> dict[str, Any]:
+                   policy_factory: Callable[[Any], Policy] | None, k: int,
+                   world_params: WorldParams | None = None) -> dict[str, Any]:
     """Generate one shard of users end to end (a Ray task on clusters, a call locally).
 
     Returns the pieces of :class:`DayLog` for the warm-up and logged periods plus the user
     tables. Results do not depend on how users are split into shards: every random stream
-    is keyed by the global user index.
+    is keyed by the global user index. One caveat, measured: the logged propensities'
+    last bits (~1e-7) follow the embedder's float path, which depends on torch's thread
+    count (a one-shard run uses the driver's cores, a Ray task one CPU); the draws
+    themselves did not change in any test.
     """
     started = time.time()
     encoder = encoder_factory()
-    env = SimEnv.create(catalog, encoder, num_users, seed, first_user=first_user)
+    env = SimEnv.create(catalog, encoder, num_users, seed, first_user=first_user,
+                        world_params=world_params)
     warm = env.run_days(range(warmup_days), None, "none")
     policy = policy_factory(encoder) if policy_factory and logged_days else None
     logged = env.run_days(range(warmup_days, warmup_days + logged_days), policy, getattr(policy, "name", "none"))

@@ -33,9 +33,11 @@ from icebreaker_ray.data.schemas import INPUT_TABLES, describe, schema
 from icebreaker_ray.data.splits import RANKER_SLICES, activity_buckets, log_slice, ranker_holdout
 from icebreaker_ray.models import TextEncoder
 from icebreaker_ray.raykit import init_ray, node_id
+from icebreaker_ray.sim import textstats
 from icebreaker_ray.sim.catalog import load_catalog
 from icebreaker_ray.sim.deploy import DayLog, SimEnv, simulate_shard
 from icebreaker_ray.sim.policy import RetrievalPolicy, generic_starters, starter_pool
+from icebreaker_ray.sim.world import GREETING, WorldParams
 
 TRUTH_DIR = "sim-truth"
 
@@ -75,7 +77,8 @@ def _shards(cfg: Config) -> list[dict[str, Any]]:
         dict(first_user=int(a), num_users=int(b - a), seed=cfg.run.seed, warmup_days=warmup,
              logged_days=cfg.sim.impression_days, k=cfg.generation.K,
              policy_factory=baseline_policy_factory(cfg.run.seed, cfg.generation.K),
-             encoder_name=cfg.models.embedder)
+             encoder_name=cfg.models.embedder,
+             world_params=WorldParams(text_style=cfg.sim.text_style))
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         if b > a
     ]
@@ -234,6 +237,7 @@ def simulate(cfg: Config, out: str) -> dict[str, Any]:
     writer.write_table("sessions", sessions)
     writer.write_table("impressions", impressions)
     stats = world_statistics(envs[0], users, truth, impressions, events, buckets)
+    stats["text"] = text_statistics(cfg, sessions, truth)
     write_truth(out, envs, users, truth, events)
     report_md, png = render_report(stats, cfg)
     writer.write_json("sim-stats.json", stats)
@@ -280,6 +284,18 @@ def load_truth_envs(out: str) -> list[SimEnv]:
 # ----------------------------------------------------------------------------- report
 
 
+def text_statistics(cfg: Config, sessions: pa.Table, truth: pa.Table) -> dict[str, Any]:
+    """The summaries next to real chat text (:mod:`icebreaker_ray.sim.textstats`)."""
+    t = truth.select(["session_id", "origin", "kind"]).to_pandas().set_index("session_id")
+    ids = sessions.column("session_id").to_pylist()
+    return textstats.text_comparison(
+        sessions.column("summary").to_pylist(), t.loc[ids, "origin"].tolist(),
+        t.loc[ids, "kind"].tolist(), encode=TextEncoder(cfg.models.embedder),
+        functional_threshold=cfg.gating.functional_threshold, seed=cfg.run.seed,
+        text_style=cfg.sim.text_style)
+
+
+
 def logged_statistics(impressions: pa.Table) -> dict[str, Any]:
     """What the logging policy logged: impressions, requests (shown lists) and clicks, in
     all and per ranker slice (train-ranker's split by request), train and held-out part."""
@@ -308,6 +324,7 @@ def world_statistics(env: SimEnv, users, truth: pa.Table, impressions: pa.Table,
     imp = impressions.to_pandas()
     ev = events.to_pandas()
     names = {c.id: c.name for c in env.world.catalog.categories}
+    names[GREETING] = "Greetings (no subject)"
     return {
         "users": len(users),
         "sessions": int(len(t)),
@@ -347,7 +364,14 @@ def render_report(stats: dict[str, Any], cfg: Config) -> tuple[str, bytes]:
     cats = sorted(stats["category_sessions"], key=lambda c: -stats["category_sessions"][c])
     sess = np.array([stats["category_sessions"][c] for c in cats], float)
     rev = np.array([stats["category_revisits"].get(c, 0) for c in cats], float)
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), gridspec_kw={"width_ratios": [3, 1, 1.2]})
+    text = stats.get("text")
+    if text:
+        fig = plt.figure(figsize=(17, 10))
+        grid = fig.add_gridspec(2, 3, width_ratios=[3, 1, 1.2], height_ratios=[5.5, 3.5])
+        axes = [fig.add_subplot(grid[0, i]) for i in range(3)]
+        _length_histograms(fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1:]), text)
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(17, 5.5), gridspec_kw={"width_ratios": [3, 1, 1.2]})
     y = np.arange(len(cats))
     axes[0].barh(y - 0.2, sess / sess.sum(), 0.4, label="all sessions")
     axes[0].barh(y + 0.2, rev / max(rev.sum(), 1), 0.4, label="revisits")
@@ -409,4 +433,25 @@ disjoint slices and holds out a fifth of each slice's requests):
 |---|---|---|---|---|
 {rows}
 """
+    if text:
+        md += "\n" + textstats.markdown(text)
     return md, buf.getvalue()
+
+
+def _length_histograms(ax_chars, ax_words, text: dict[str, Any]) -> None:
+    """Summary lengths of the simulated world and of chitchat, side by side (shares)."""
+    sides = [("simulated", text["sim"], "tab:blue")]
+    if text.get("chitchat"):
+        sides.append(("chitchat (real, cut at 200 chars)", text["chitchat"], "tab:red"))
+    for ax, key, bins, unit in ((ax_chars, "char_hist", textstats.CHAR_BINS, "characters"),
+                                (ax_words, "word_hist", textstats.WORD_BINS, "words")):
+        edges = np.asarray(bins, float)
+        width = (edges[1] - edges[0]) / (len(sides) + 0.5)
+        for i, (label, side, color) in enumerate(sides):
+            counts = np.asarray(side[key], float)
+            ax.bar(edges[:-1] + i * width, counts / max(counts.sum(), 1), width, align="edge",
+                   label=label, color=color, alpha=0.8)
+        ax.set_xlabel(f"summary length, {unit} (last bin: {bins[-1] - (bins[1] - bins[0])}+)")
+        ax.set_ylabel("share of summaries")
+        ax.set_title(f"Summary length in {unit}")
+        ax.legend()

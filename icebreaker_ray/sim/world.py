@@ -18,6 +18,15 @@ Each user has (ICER-style, DESIGN §5):
 Every random draw comes from a stream keyed by (seed, user index, day, purpose), so a
 user behaves identically whichever shard generates them, and two policies deployed on
 the same users see the same organic behaviour until their starters make a difference.
+
+How a session is written is ``WorldParams.text_style`` (:mod:`icebreaker_ray.sim.text`):
+``realistic`` text in the user's own voice (their habits: :class:`~icebreaker_ray.sim.text.Voice`)
+drawn from text streams of its own, or the catalog's ``catalog`` templates. The style
+changes the words only: subjects, hours and hidden state come from the same draws in
+both. The realistic world also logs greeting-only sessions ("hello?", "test") on some
+active days: they have no subject (:data:`NO_SUBJECT`, origin ``greeting``), are never
+an interest, change no hidden state and are not counted as sessions in the day's events
+(the online metrics measure conversations about something).
 """
 
 from __future__ import annotations
@@ -26,10 +35,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from icebreaker_ray.sim.catalog import Catalog, Subject, render_summary
+from icebreaker_ray.sim.catalog import Catalog, Subject
+from icebreaker_ray.sim.text import PLAIN_VOICE, SummaryWriter, Voice, draw_voice
 
-# Purposes of the per-(user, day) random streams.
+# Purposes of the per-(user, day) random streams (STREAM_TEXT with day -1: a user's voice).
 STREAM_INIT, STREAM_ORGANIC, STREAM_CLICK, STREAM_POLICY = 0, 1, 2, 3
+STREAM_TEXT, STREAM_STARTER_TEXT = 4, 5
+
+#: ``SessionEvent.subject`` of a session about nothing (a greeting, "test", "ok thanks").
+NO_SUBJECT = -1
+GREETING = "greeting"
 
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55+")
 OCCUPATIONS = ("student", "engineer", "teacher", "designer", "nurse", "retail worker",
@@ -50,6 +65,7 @@ class WorldParams:
     engagement_decay: float = 0.85
     engagement_per_depth: float = 0.05
     max_engagement: float = 1.5
+    text_style: str = "realistic"  # "realistic" | "catalog" (sim/text.py)
 
 
 @dataclass
@@ -86,6 +102,7 @@ class UserState:
     sensitive_subject: int
     short: list[ShortInterest] = field(default_factory=list)
     engagement: float = 0.0
+    voice: Voice | None = None  # writing habits (realistic text style)
 
     def interest_weights(self, day: int, num_subjects: int) -> np.ndarray:
         """w_u(day): hidden interest weight per subject (long-term + fading short-term)."""
@@ -105,8 +122,12 @@ class SessionEvent:
     seq: int
     hour: float
     summary: str
-    subject: int
-    origin: str  # long | short | explore | functional | sensitive | starter
+    subject: int  # NO_SUBJECT for a greeting
+    origin: str  # long | short | explore | functional | sensitive | starter | greeting
+
+    @property
+    def has_subject(self) -> bool:
+        return self.subject != NO_SUBJECT
 
 
 def rng_for(seed: int, user: int, day: int, purpose: int) -> np.random.Generator:
@@ -131,6 +152,13 @@ class World:
         self.category_appeal = np.array([c.appeal for c in catalog.categories], np.float32)
         pop = np.array([s.popularity for s in self.subjects]) ** self.params.popularity_power
         self.popularity = pop
+        self.writer = SummaryWriter(catalog, self.params.text_style)
+
+    def __setstate__(self, state: dict) -> None:
+        # A world saved before text styles existed wrote catalog text: it goes on doing so.
+        self.__dict__.update(state)
+        if "writer" not in state:
+            self.writer = SummaryWriter(self.catalog, "catalog")
 
     @property
     def num_subjects(self) -> int:
@@ -176,6 +204,8 @@ class World:
             long_weights=rng.uniform(0.55, 1.0, n_long).astype(np.float32),
             long_propensity=rng.uniform(0.2, 1.0, n_long).astype(np.float32),
             sensitive_subject=int(rng.choice(self.sensitive)),
+            # Its own stream: the draws above are the same in every text style.
+            voice=draw_voice(rng_for(seed, index, -1, STREAM_TEXT)),
         )
 
     # ------------------------------------------------------------------ behaviour
@@ -211,12 +241,31 @@ class World:
             n = 1 + int(rng.poisson(user.session_rate))
         else:
             return []
+        text_rng = self.text_rng(seed, user, day, STREAM_TEXT)
         events = []
         for i in range(n):
             subject, origin = self._choose_subject(user, day, rng)
-            events.append(SessionEvent(user.index, day, first_seq + i, float(rng.uniform(6, 24)),
-                                       render_summary(self.subjects[subject], rng), subject, origin))
+            hour = float(rng.uniform(6, 24))
+            events.append(SessionEvent(user.index, day, first_seq + i, hour,
+                                       self.summary(user, subject, rng, text_rng), subject, origin))
+        if events and text_rng is not None and text_rng.random() < (user.voice or PLAIN_VOICE).p_greeting:
+            # A "hello?" or "test" on an active day, at any hour: logged, about nothing.
+            hour = float(text_rng.uniform(6, 24))
+            events.append(SessionEvent(user.index, day, first_seq + n, hour,
+                                       self.writer.greeting(text_rng, user.voice), NO_SUBJECT,
+                                       GREETING))
         return events
+
+    def text_rng(self, seed: int, user: UserState, day: int, purpose: int) -> np.random.Generator | None:
+        """The stream a user's text is written from on one day (None in the catalog style,
+        which writes from the world's own stream)."""
+        return rng_for(seed, user.index, day, purpose) if self.writer.realistic else None
+
+    def summary(self, user: UserState, subject: int, rng: np.random.Generator,
+                text_rng: np.random.Generator | None) -> str:
+        """A session's summary about ``subject`` in the world's text style: ``rng`` (the
+        session's behaviour stream) gives the same draws in every style."""
+        return self.writer.summary(self.subjects[subject], rng, text_rng, user.voice)
 
     def _choose_subject(self, user: UserState, day: int, rng: np.random.Generator) -> tuple[int, str]:
         r = rng.random()
