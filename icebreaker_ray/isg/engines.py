@@ -403,7 +403,6 @@ class StaticBatcher(_QueueThread):
         self.sampling = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         self._start("static-batcher")
 
-
     def _loop(self) -> None:
         while True:
             first = self.queue.get()
@@ -419,6 +418,7 @@ class StaticBatcher(_QueueThread):
                     self.queue.put(_CLOSE)
                     break
                 batch.append(item)
+
             def route(news, batch=batch):
                 per: dict[int, dict[int, tuple[str, bool]]] = {}
                 for seq, value in news.items():
@@ -474,7 +474,6 @@ class ContinuousBatcher(_QueueThread):
         self.n_ctx = min(engine.max_context,
                          max_prompt_tokens + (self.max_sequences // num_return) * per_request)
         self._start("llamacpp-batcher")
-
 
     # -- the loop ------------------------------------------------------------------------
 
