@@ -370,6 +370,21 @@ class _Request:
     future: Future = field(default_factory=Future)
 
 
+def news_by_request(news: dict[int, tuple[str, bool]], num_return: int
+                    ) -> dict[int, dict[int, tuple[str, bool]]]:
+    """An ``on_step`` report of a call with ``num_return`` samples per conversation, split
+    per conversation: sequence ``s`` is sample ``s % num_return`` of conversation
+    ``s // num_return``.
+
+    >>> news_by_request({0: ("a", False), 3: ("b", True)}, 2)
+    {0: {0: ('a', False)}, 1: {1: ('b', True)}}
+    """
+    per: dict[int, dict[int, tuple[str, bool]]] = {}
+    for seq, value in news.items():
+        per.setdefault(seq // num_return, {})[seq % num_return] = value
+    return per
+
+
 class _QueueThread:
     """What both batchers share: a queue of requests and the one thread that owns the
     engine and runs the subclass's ``_loop`` until :meth:`close`."""
@@ -420,10 +435,7 @@ class StaticBatcher(_QueueThread):
                 batch.append(item)
 
             def route(news, batch=batch):
-                per: dict[int, dict[int, tuple[str, bool]]] = {}
-                for seq, value in news.items():
-                    per.setdefault(seq // self.n, {})[seq % self.n] = value
-                for i, part in per.items():
+                for i, part in news_by_request(news, self.n).items():
                     if batch[i].on_step is not None:
                         batch[i].on_step(part)
 

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from icebreaker_ray import layout
 from icebreaker_ray.config import Config
 from icebreaker_ray.data import io
-from icebreaker_ray.isg.engines import Engine
+from icebreaker_ray.isg.engines import Engine, news_by_request
 from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
 from icebreaker_ray.isg.generate import GenerationParams, select_list
 from icebreaker_ray.isg.parse import parse_starters
@@ -254,11 +254,8 @@ class BatchSampler:
             n = self.num_candidates
 
             def on_step(news: dict[int, tuple[str, bool]]) -> None:
-                per: dict[int, dict[int, tuple[str, bool]]] = {}
-                for seq, value in news.items():
-                    per.setdefault(seq // n, {})[seq % n] = value
                 updates = [GenUpdate() for _ in jobs]
-                for i, part in per.items():
+                for i, part in news_by_request(news, n).items():
                     if trackers[i] is not None:
                         updates[i] = trackers[i].step(part)
                 if not all(u.empty for u in updates):

@@ -295,7 +295,6 @@ def text_statistics(cfg: Config, sessions: pa.Table, truth: pa.Table) -> dict[st
         text_style=cfg.sim.text_style)
 
 
-
 def logged_statistics(impressions: pa.Table) -> dict[str, Any]:
     """What the logging policy logged: impressions, requests (shown lists) and clicks, in
     all and per ranker slice (train-ranker's split by request), train and held-out part."""
