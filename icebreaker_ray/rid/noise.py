@@ -33,8 +33,10 @@ user's whole history, make a summary *ineligible*:
   the settings unchanged: 1.9% functional or one-off, no greeting (4.1% of all summaries
   are greetings), 4.63 interests per user.
 
-A user with no eligible summary keeps the rule of :func:`~icebreaker_ray.rid.gating.trigger_interests`
-(the best-scored summary), so every user with a history still gets a personal prompt.
+A user with no selected summary (none eligible, or none eligible at or above tau_b) keeps
+the rule of :func:`~icebreaker_ray.rid.gating.trigger_interests`: the best-scored summary,
+eligible or not, so every user with a history still gets a personal prompt. On real chat
+that fallback often picks a greeting (BENCHMARKS.md, real-text relevance).
 """
 
 from __future__ import annotations
