@@ -165,7 +165,7 @@ def main() -> None:
     for u in order[:3]:
         print(f"  {u}: earlier {history[u][-1][:70]!r} -> {lists['served'][order.index(u)]}")
     print("\n| embedder | served | generic | echo (own earlier summaries) | served − generic [95% CI], p "
-          "| users served > generic | users served > echo |\n|---|---|---|---|---|---|---|")
+          "| users served > generic | users served > echo | users echo > generic |\n|---|---|---|---|---|---|---|---|")
     for name, embed in embedders.items():
         rel = {m: np.array([list_relevance(embed, items, target[u]) for u, items in zip(order, ls, strict=True)])
                for m, ls in lists.items()}
@@ -174,14 +174,17 @@ def main() -> None:
         ok = np.isfinite(rel["served"])
         beats_generic = float(np.mean(rel["served"][ok] > rel["generic"][ok]))
         beats_echo = float(np.mean(rel["served"][ok] > rel["echo"][ok]))
+        # The ceiling of "talk about what you talked about": how often the user's own words win.
+        echo_beats_generic = float(np.mean(rel["echo"] > rel["generic"]))
         cell = {m: f"{c.mean:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]" for m, c in means.items()}
         print(f"| {name} | {cell['served']} | {cell['generic']} | {cell['echo']} | "
               f"{diff.diff:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}], p = {diff.p_value:.3g} | "
-              f"{beats_generic:.0%} of {int(ok.sum())} | {beats_echo:.0%} |")
+              f"{beats_generic:.0%} of {int(ok.sum())} | {beats_echo:.0%} | {echo_beats_generic:.0%} |")
         report["embedders"][name] = {"mean": {m: vars(c) for m, c in means.items()},
                                      "served_minus_generic": vars(diff),
                                      "share_served_beats_generic": beats_generic,
-                                     "share_served_beats_echo": beats_echo}
+                                     "share_served_beats_echo": beats_echo,
+                                     "share_echo_beats_generic": echo_beats_generic}
     if args.json:
         io.write_json(args.json, report)
 

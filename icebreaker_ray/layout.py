@@ -101,7 +101,14 @@ def trigger_interests(out: str) -> dict[str, list[str]]:
     return gating.trigger_interests(table.column("user_id").to_numpy(zero_copy_only=False),
                                     table.column("summary").to_pylist(),
                                     table.column("score").to_numpy(),
-                                    table.column("selected").to_numpy(zero_copy_only=False))
+                                    table.column("selected").to_numpy(zero_copy_only=False),
+                                    eligible_mask(table))
+
+
+def eligible_mask(table) -> list | None:
+    """The ``interests`` table's noise mask; None where it was not recorded (older runs)."""
+    mask = table.column("eligible").to_pylist()
+    return None if all(m is None for m in mask) else [m is not False for m in mask]
 
 
 # ----------------------------------------------------------------------------- before clicks

@@ -126,3 +126,52 @@ def test_interest_noise_hand_case(tmp_path):
     assert chosen["functional"] == 0 and chosen["one_off"] == pytest.approx(1 / 3)
     assert chosen["greeting"] == pytest.approx(1 / 3) and chosen["functional_or_one_off"] == pytest.approx(1 / 3)
     assert noise["interests_per_user"] == 3
+
+
+@pytest.mark.parametrize(("text", "stripped"), [
+    ("Hey there / Good! You? / I just started reading Mistborn", "I just started reading Mistborn"),
+    ("hi, so I was thinking about Coldplay. thanks!", "so I was thinking about Coldplay."),
+    ("Good morning! excel formula help", "excel formula help"),
+    ("Time zones? ty", "Time zones?"),
+    # nothing but greetings: left for is_greeting to flag
+    ("hello? anyone here?", "hello? anyone here?"), ("Hi, how are you doing", "Hi, how are you doing"),
+    # a one-word subject, numbers and text with no greeting stay
+    ("Psychology", "Psychology"), ("whats 15% of 84, Im 27", "whats 15% of 84, Im 27"),
+    ("What do you think of the Brett Kavanaugh situation?", "What do you think of the Brett Kavanaugh situation?"),
+    ("", ""),
+])
+def test_strip_greetings(text: str, stripped: str) -> None:
+    assert noise.strip_greetings(text) == stripped
+
+
+def test_clean_summary_strips_greetings_after_the_cut() -> None:
+    from icebreaker_ray.rid.judge import clean_summary
+
+    assert clean_summary("  Hey there / chess openings for beginners  ", 1000) == "chess openings for beginners"
+    assert clean_summary("hello? " + "x" * 200_000, 20) == "x" * 13  # cut first, then stripped
+    assert clean_summary(None, 10) == ""
+
+
+def test_fallback_takes_the_best_eligible_summary(tmp_path) -> None:
+    """A user none of whose summaries passes tau_b keeps the best-scored *eligible* one, read
+    from the stored mask by every consumer; a run that did not store it (older
+    distill-interests output) keeps the best-scored one, and so does a user with nothing
+    eligible."""
+    import pyarrow as pa
+
+    from icebreaker_ray import layout
+    from icebreaker_ray.data import io
+
+    rows = {"user_id": ["a", "a", "a", "b"], "session_id": ["1", "2", "3", "4"],
+            "summary": ["hello?", "sourdough starters", "fix my grammar", "hi"],
+            "score": [0.9, 0.4, 0.6, 0.5], "selected": [False] * 4}
+    mask = [False, True, False, False]
+    assert gating.trigger_interests(rows["user_id"], rows["summary"], rows["score"], rows["selected"],
+                                    mask) == {"a": ["sourdough starters"], "b": ["hi"]}
+    out = str(tmp_path / "with")
+    io.write_table(pa.table({**rows, "eligible": mask}), io.table_uri(out, "distill-interests", "interests"),
+                   "interests")
+    assert layout.trigger_interests(out) == {"a": ["sourdough starters"], "b": ["hi"]}
+    out = str(tmp_path / "without")
+    io.write_table(pa.table(rows), io.table_uri(out, "distill-interests", "interests"), "interests")
+    assert layout.trigger_interests(out) == {"a": ["hello?"], "b": ["hi"]}

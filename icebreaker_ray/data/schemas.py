@@ -62,6 +62,8 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("summary", pa.string(), nullable=False),
             pa.field("score", pa.float64(), nullable=False),
             pa.field("selected", pa.bool_(), nullable=False),
+            # rid/noise.py's mask (False: greeting, functional or one-off); null: not recorded
+            pa.field("eligible", pa.bool_(), nullable=True),
         ]
     ),
     "sit_corpus": pa.schema(
@@ -112,6 +114,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 OPTIONAL: dict[str, frozenset[str]] = {
     "users": frozenset({"profile"}),
     "impressions": frozenset({"propensity"}),
+    "interests": frozenset({"eligible"}),
 }
 
 # Closed vocabularies checked on read and write.

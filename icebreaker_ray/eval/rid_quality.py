@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from icebreaker_ray import layout
 from icebreaker_ray.config import Config, load_config
 from icebreaker_ray.data import io
 from icebreaker_ray.eval.metrics import auc, mean_recall_at_k, precision_recall_f1
@@ -183,12 +184,14 @@ def interest_noise(out: str) -> dict[str, Any]:
     hidden truth, next to the same shares among all summaries: functional tasks,
     sensitive issues, one-off subjects (a regular subject the user had only once) and
     greetings (sessions about nothing: "hello?", "test"; the realistic text style)."""
-    table = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests").to_pandas()
+    arrow = io.read_table(io.table_uri(out, "distill-interests", "interests"), "interests")
+    table = arrow.to_pandas()
     truth = read_truth(out)
     truth = truth.assign(n=truth.groupby(["user_id", "subject"])["session_id"].transform("size"))
     df = table.merge(truth[["session_id", "kind", "n"]], on="session_id", how="left")
     chosen = gating.trigger_interests(df["user_id"].tolist(), df["summary"].tolist(),
-                                      df["score"].to_numpy(), df["selected"].to_numpy())
+                                      df["score"].to_numpy(), df["selected"].to_numpy(),
+                                      layout.eligible_mask(arrow))
     picked = df.drop_duplicates(["user_id", "summary"]).set_index(["user_id", "summary"])
     rows = picked.loc[[(u, s) for u, texts in chosen.items() for s in texts]]
 

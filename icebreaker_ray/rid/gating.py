@@ -110,7 +110,7 @@ def select_interests(scores, user_ids, buckets, thresholds, max_interests: int,
     ``max_interests``. ``eligible`` (default: all) is :mod:`icebreaker_ray.rid.noise`'s mask.
 
     A user may end with no interest (nothing resonates enough):
-    :func:`trigger_interests` then falls back to their best-scored summary. Ties are broken
+    :func:`trigger_interests` then falls back to their best-scored eligible summary. Ties are broken
     by row order. Returns a boolean mask over the rows.
     """
     scores = np.asarray(scores, float)
@@ -123,24 +123,33 @@ def select_interests(scores, user_ids, buckets, thresholds, max_interests: int,
     return keep & (rank_within_user(np.where(keep, scores, -np.inf), user_ids) < max_interests)
 
 
-def trigger_interests(user_ids, summaries, scores, selected) -> dict[str, list[str]]:
+def trigger_interests(user_ids, summaries, scores, selected, eligible=None) -> dict[str, list[str]]:
     """I* per user, as every consumer sees it (SIT corpus, mining, evaluation, the server):
     the selected summaries, highest resonance score first (ties in input order), repeated
-    texts once. A user none of whose summaries passes tau_b keeps the best-scored one, so
-    every user with a history gets a personal prompt.
+    texts once. A user none of whose summaries passes tau_b keeps one summary, so every
+    user with a history gets a personal prompt: the best-scored *eligible* one
+    (``eligible``: :mod:`icebreaker_ray.rid.noise`'s mask, default all), or the best-scored
+    one when the noise rules leave nothing. Without that, on real chat where a greeting
+    recurs in every conversation, the fallback picked "Hello" (BENCHMARKS.md, real-text
+    relevance).
 
     >>> trigger_interests(["a", "a", "a", "b"], ["x", "y", "z", "w"], [0.2, 0.9, 0.5, 0.1],
     ...                   [True, True, False, False])
     {'a': ['y', 'x'], 'b': ['w']}
+    >>> trigger_interests(["a", "a", "b"], ["hello?", "sourdough starters", "hi"], [0.9, 0.4, 0.5],
+    ...                   [False, False, False], eligible=[False, True, False])
+    {'a': ['sourdough starters'], 'b': ['hi']}
     """
     user_ids = np.asarray(user_ids)
     scores = np.asarray(scores, dtype=float)
     selected = np.asarray(selected, dtype=bool)
+    ok = np.ones(len(user_ids), bool) if eligible is None else np.asarray(eligible, dtype=bool)
     result: dict[str, list[str]] = {}
     for uid in sorted(set(user_ids.tolist())):
         rows = np.flatnonzero(user_ids == uid)
         rows = rows[np.argsort(-scores[rows], kind="stable")]
-        chosen = [summaries[i] for i in rows if selected[i]] or [summaries[rows[0]]]
+        fallback = next((i for i in rows if ok[i]), rows[0])
+        chosen = [summaries[i] for i in rows if selected[i]] or [summaries[fallback]]
         result[uid] = list(dict.fromkeys(chosen))
     return result
 

@@ -34,6 +34,7 @@ import pandas as pd
 
 from icebreaker_ray.isg.parse import parse_revisit_label
 from icebreaker_ray.isg.prompts import revisit_judge_prompt
+from icebreaker_ray.rid.noise import strip_greetings
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,13 @@ PAIR_COLUMNS = ("user_id", "earlier_session_id", "later_session_id", "earlier_su
 
 
 def clean_summary(text: object, max_chars: int) -> str:
-    """A summary as the RID modules use it: a string, stripped, at most ``max_chars`` long
-    (an enormous summary is cut, not rejected; ``None`` becomes empty)."""
+    """A summary as every RID module and the server use it: a string, stripped, at most
+    ``max_chars`` long (an enormous summary is cut, not rejected; ``None`` becomes empty),
+    without greeting clauses (:func:`icebreaker_ray.rid.noise.strip_greetings`: "Hey
+    there / Good! You? / I just started Mistborn" is about Mistborn)."""
     if not isinstance(text, str):
         return ""
-    return text.strip()[:max_chars]
+    return strip_greetings(text.strip()[:max_chars])
 
 
 # ----------------------------------------------------------------------------- candidates

@@ -34,9 +34,10 @@ user's whole history, make a summary *ineligible*:
   are greetings), 4.63 interests per user.
 
 A user with no selected summary (none eligible, or none eligible at or above tau_b) keeps
-the rule of :func:`~icebreaker_ray.rid.gating.trigger_interests`: the best-scored summary,
-eligible or not, so every user with a history still gets a personal prompt. On real chat
-that fallback often picks a greeting (BENCHMARKS.md, real-text relevance).
+the rule of :func:`~icebreaker_ray.rid.gating.trigger_interests`: the best-scored eligible
+summary, or the best-scored one when nothing is eligible, so every user with a history
+still gets a personal prompt. ``distill-interests`` stores the mask as the ``interests``
+table's ``eligible`` column, so the stages and the server apply the same fallback.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ FUNCTIONAL_PROTOTYPES = (
 
 #: Words that carry no interest: greetings, fillers and the words around them.
 GREETING_WORDS = frozenset("""
-    hi hii hiii hello helo hey heya hiya yo sup wassup howdy greetings morning evening night
+    hi hii hiii hello helo hey heya heyo hiya yo sup wassup howdy greetings morning evening night
     good afternoon ok okay k kk thanks thank thx ty you u ur yes no yeah yep nope sure lol
     lmao haha hahaha hmm um uh oh test testing are r how is it going doing whats what's up
     there anyone anybody here the a an i im i'm am me my and so well just nice to meet bye
@@ -88,6 +89,44 @@ def is_greeting(text: str) -> bool:
     """
     words = [w.casefold() for w in _WORD_RE.findall(text or "")]
     return sum(w not in GREETING_WORDS for w in words) < 2
+
+
+#: Where a chat message breaks into clauses: sentence marks, commas, the " / " between turns.
+_CLAUSE_BREAK = re.compile(r"((?:\s*[.!?,;/\n]+\s*)+)")
+
+
+def strip_greetings(text: str) -> str:
+    """``text`` without its greeting clauses: the parts between sentence marks, commas and
+    " / " turn breaks whose every word is a greeting or filler word (``GREETING_WORDS``).
+    Text that is nothing but greetings is returned as it is (:func:`is_greeting` flags it).
+
+    On real chat a subject often comes after "Hey there / Good! You?": left in, the
+    greeting is what the judge, the scorer and the generator see first (BENCHMARKS.md,
+    real-text relevance).
+
+    >>> strip_greetings("Hey there / Good! You? / I just started reading Mistborn")
+    'I just started reading Mistborn'
+    >>> strip_greetings("hello? anyone here?")
+    'hello? anyone here?'
+    >>> strip_greetings("Psychology")
+    'Psychology'
+    >>> strip_greetings("good morning! whats 15% of 84, Im 27")
+    'whats 15% of 84, Im 27'
+    """
+    if not text:
+        return text
+    parts = _CLAUSE_BREAK.split(text)
+    kept: list[str] = []
+    for i in range(0, len(parts), 2):
+        words = [w.casefold() for w in _WORD_RE.findall(parts[i])]
+        if words and all(w in GREETING_WORDS for w in words) and not any(c.isdigit() for c in parts[i]):
+            continue  # "Hey there", "ok thanks", "Yeah"; not "Im 27"
+        if parts[i].strip():
+            kept.append(parts[i] + (parts[i + 1] if i + 1 < len(parts) else ""))
+    out = "".join(kept).strip()
+    if not out or not _WORD_RE.search(out):
+        return text
+    return out.rstrip(" /,;") if not out.endswith(("?", "!", ".")) else out
 
 
 def support_counts(user_ids: Sequence[str] | np.ndarray, emb: np.ndarray, threshold: float,

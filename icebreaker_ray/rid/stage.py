@@ -318,7 +318,8 @@ def distill_interests(cfg: Config, out: str) -> dict[str, Any]:
     selected = gating.select_interests(scores, uid, buckets, tau.thresholds, cfg.gating.max_interests,
                                        noise_mask.eligible)
     table = pa.table({"user_id": uid.astype(str), "session_id": sessions["session_id"].astype(str).to_numpy(),
-                      "summary": summaries, "score": scores.astype(np.float64), "selected": selected})
+                      "summary": summaries, "score": scores.astype(np.float64), "selected": selected,
+                      "eligible": noise_mask.eligible})
     writer = io.StageWriter(out, "distill-interests")
     writer.write_table("interests", table)
     writer.write_json("thresholds.json", tau.to_json())

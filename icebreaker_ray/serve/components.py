@@ -174,7 +174,7 @@ class InterestDistillerCore:
 
     def _gate(self, user_id: str | None, history: list[str], profile: str | None) -> list[str]:
         """Eq. 4 for one user: s_phi over the history, tau_b of the bucket, capped; the best
-        summary when none passes: the one rule of :func:`icebreaker_ray.rid.gating.trigger_interests`."""
+        eligible summary when none passes: the one rule of :func:`icebreaker_ray.rid.gating.trigger_interests`."""
         uid = user_id or ANONYMOUS
         emb = self.encoder(history)
         profiles = None
@@ -189,7 +189,7 @@ class InterestDistillerCore:
         thresholds = self.thresholds or [-np.inf]
         keep = gating.select_interests(scores, uids, [self.bucket(user_id, len(history))] * len(history),
                                        thresholds, cap, eligible)
-        return gating.trigger_interests(uids, history, scores, keep)[uid]
+        return gating.trigger_interests(uids, history, scores, keep, eligible)[uid]
 
 
 # ----------------------------------------------------------------------------- generation
