@@ -24,7 +24,10 @@ impressions and no LLM endpoint, as a new user of this software would bring them
    - **echo**: the user's own last K earlier summaries, pasted back (not a starter, but
      the ceiling of "talk about what you talked about").
    Printed: mean [95% bootstrap interval] per list, served − generic paired (interval,
-   sign-flip p) and the share of users whose served list is the more relevant.
+   sign-flip p), the share of users whose served list is the more relevant, and how often
+   echo beats generic (the ceiling of any list made from the user's own words). Two
+   targets: the later sessions as they are, and with their greeting clauses cut
+   (greeting-only sessions dropped), since a later "Heyo!" rewards any list that says hello.
 
 ``--skip-pipeline`` reuses ``WORK/run`` (only the scoring reruns).
 """
@@ -32,6 +35,7 @@ impressions and no LLM endpoint, as a new user of this software would bring them
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -48,6 +52,7 @@ from icebreaker_ray.data.splits import activity_buckets
 from icebreaker_ray.eval.metrics import bootstrap_mean, paired_difference
 from icebreaker_ray.models import TextEncoder
 from icebreaker_ray.reward.proxy import interest_similarity
+from icebreaker_ray.rid.noise import is_greeting, strip_greetings
 
 #: The fixed list: questions an app shows anyone, none about the user.
 GENERIC = ["What's something you're looking forward to this week?",
@@ -164,10 +169,15 @@ def main() -> None:
     print(f"\nserved items: {report['served_sources']}; examples:")
     for u in order[:3]:
         print(f"  {u}: earlier {history[u][-1][:70]!r} -> {lists['served'][order.index(u)]}")
-    print("\n| embedder | served | generic | echo (own earlier summaries) | served − generic [95% CI], p "
-          "| users served > generic | users served > echo | users echo > generic |\n|---|---|---|---|---|---|---|---|")
-    for name, embed in embedders.items():
-        rel = {m: np.array([list_relevance(embed, items, target[u]) for u, items in zip(order, ls, strict=True)])
+    # The later sessions as they are, and without their greetings: on chat logs a later
+    # "Heyo!" rewards any list that says hello, which is not what a user talks about next.
+    targets = {"later sessions": target,
+               "later sessions, greetings cut": {u: [strip_greetings(t) for t in ts if not is_greeting(t)] or ts
+                                                 for u, ts in target.items()}}
+    print("\n| target | embedder | served | generic | echo (own earlier summaries) | served − generic [95% CI], p "
+          "| users served > generic | users served > echo | users echo > generic |\n|---|---|---|---|---|---|---|---|---|")
+    for (tname, tgt), (name, embed) in itertools.product(targets.items(), embedders.items()):
+        rel = {m: np.array([list_relevance(embed, items, tgt[u]) for u, items in zip(order, ls, strict=True)])
                for m, ls in lists.items()}
         means = {m: bootstrap_mean(v, args.n_boot, seed=0) for m, v in rel.items()}
         diff = paired_difference(rel["generic"], rel["served"], args.n_boot, seed=0)
@@ -177,14 +187,14 @@ def main() -> None:
         # The ceiling of "talk about what you talked about": how often the user's own words win.
         echo_beats_generic = float(np.mean(rel["echo"] > rel["generic"]))
         cell = {m: f"{c.mean:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]" for m, c in means.items()}
-        print(f"| {name} | {cell['served']} | {cell['generic']} | {cell['echo']} | "
+        print(f"| {tname} | {name} | {cell['served']} | {cell['generic']} | {cell['echo']} | "
               f"{diff.diff:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}], p = {diff.p_value:.3g} | "
               f"{beats_generic:.0%} of {int(ok.sum())} | {beats_echo:.0%} | {echo_beats_generic:.0%} |")
-        report["embedders"][name] = {"mean": {m: vars(c) for m, c in means.items()},
-                                     "served_minus_generic": vars(diff),
-                                     "share_served_beats_generic": beats_generic,
-                                     "share_served_beats_echo": beats_echo,
-                                     "share_echo_beats_generic": echo_beats_generic}
+        report["embedders"][f"{name}, {tname}"] = {"mean": {m: vars(c) for m, c in means.items()},
+                                                   "served_minus_generic": vars(diff),
+                                                   "share_served_beats_generic": beats_generic,
+                                                   "share_served_beats_echo": beats_echo,
+                                                   "share_echo_beats_generic": echo_beats_generic}
     if args.json:
         io.write_json(args.json, report)
 

@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_sampling.py --users 8 --candidates 4 \
         --engines hf,llamacpp --parity-users 24          # default mode: the engines
+    ... --engines llamacpp:q8_0,llamacpp:q4_0        # one engine, two GGUF weight types
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_sampling.py --hf-batching   # hf only, three ways
 
 Engines (default): samples ``candidates`` lists for each of ``users`` prompts with each
@@ -144,8 +145,10 @@ def bench_engines(args, threads: int) -> None:
               f" | {tps / base[1]:.2f}x {base[0]} | load average {os.getloadavg()[0]:.1f}", flush=True)
 
     for kind in args.engines.split(","):
+        # "llamacpp:q4_0" picks the GGUF weight type of that entry (default --outtype)
+        engine_kind, _, outtype = kind.partition(":")
         t = time.perf_counter()
-        engine = EngineSpec(kind=kind, batch_size=args.batch, gguf_outtype=args.outtype,
+        engine = EngineSpec(kind=engine_kind, batch_size=args.batch, gguf_outtype=outtype or args.outtype,
                             threads=threads).load(path)
         load_s = time.perf_counter() - t  # includes the GGUF export the first time
         engine.sample(convs[:1], num_return=1, max_new_tokens=8, seed=0)  # warm-up
@@ -153,7 +156,7 @@ def bench_engines(args, threads: int) -> None:
         one, one_tokens = timed(engine, tok, convs[:1], 1, args.max_new_tokens)
         engines[kind] = engine
         report(kind, took, tokens, one, one_tokens, load_s)
-        if kind == "llamacpp" and args.one_by_one:
+        if engine_kind == "llamacpp" and args.one_by_one:
             took, tokens = timed_one_by_one(engine, tok, convs, args.candidates, args.max_new_tokens)
             report("llamacpp, one sequence per call", took, tokens)
     if not args.parity_users:

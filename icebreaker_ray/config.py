@@ -90,7 +90,8 @@ class GenerationSection(Section):
     # cached next to it; CPU), "vllm" (GPU presets: Ray Data LLM / Ray Serve LLM configs).
     engine: Literal["hf", "llamacpp", "vllm"] = "hf"
     # GGUF weight type of the llamacpp engine: q8_0 kept the format pass rate (BENCHMARKS.md).
-    gguf_outtype: Literal["q8_0", "f16", "bf16", "f32"] = "q8_0"
+    gguf_outtype: Literal["q8_0", "f16", "bf16", "f32", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m",
+                          "q6_k"] = "q8_0"
     # CPU engine threads (None: the actor's/replica's CPUs, OMP_NUM_THREADS, else all cores).
     num_threads: int | None = Field(default=None, ge=1)
 
@@ -289,8 +290,12 @@ class SearchSection(Section):
     M: int = Field(default=6, ge=1)
     lam: float = Field(default=0.5, ge=0)
     # SELECTNEGATIVES: utility gaps/tolerances are relative to v_util(S+), diversity ones
-    # absolute (v_div is already on [0, 1]); see search/list_search.py.
-    util_gap: float = Field(default=0.2, ge=0)
+    # absolute (v_div is already on [0, 1]); see search/list_search.py. A utility negative
+    # at most half of S+'s utility: on 192 pools of the 2026-12-07 demo (96 of them fresh
+    # users), 0.5 made 83% of all pairs truly better in both rounds, against 78% / 76% at
+    # 0.2; the ranker orders a pool at 0.66 concordance, so a small gap is often its error
+    # (BENCHMARKS.md, "Mined pairs against the truth").
+    util_gap: float = Field(default=0.5, ge=0)
     util_tolerance: float = Field(default=0.1, ge=0)
     div_gap: float = Field(default=0.1, ge=0)
     div_tolerance: float = Field(default=0.05, ge=0)

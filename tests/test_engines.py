@@ -134,6 +134,29 @@ def test_stale_gguf_is_converted_again(tiny_generator, tmp_path):
     assert ll == hf
 
 
+def test_quantized_gguf_from_the_f16_copy(tiny_generator, tmp_path):
+    """q4_0 is made by llama.cpp's quantizer from the f16 GGUF: a smaller file, recorded in
+    its own manifest, reused while fresh, that the engine loads and samples from."""
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make setup builds it)")
+    import json
+    import os
+
+    from icebreaker_ray.isg.gguf_export import gguf_dir, gguf_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_generator, model)
+    q4 = gguf_file(str(model), "q4_0")
+    f16 = gguf_dir(str(model)) / "model-f16.gguf"
+    assert f16.is_file() and os.path.getsize(q4) < 0.8 * f16.stat().st_size  # tokenizer data is most of the tiny one
+    manifest = json.loads((gguf_dir(str(model)) / "manifest-q4_0.json").read_text())
+    assert manifest["outtype"] == "q4_0" and manifest["bytes"] == os.path.getsize(q4)
+    assert gguf_file(str(model), "q4_0") == q4
+    assert json.loads((gguf_dir(str(model)) / "manifest-q4_0.json").read_text())["created"] == manifest["created"]
+    engine = EngineSpec(kind="llamacpp", batch_size=8, gguf_outtype="q4_0", threads=2).load(str(model))
+    out = engine.sample(CONVS[:2], num_return=2, max_new_tokens=8, seed=3)
+    assert [len(x) for x in out] == [2, 2] and all(t for x in out for t in x)
+
+
 def test_bad_engine_settings_fail_clearly(tiny_generator, tmp_path):
     from icebreaker_ray.config import ConfigError, load_config
     from icebreaker_ray.isg.gguf_export import GGUFExportError, gguf_file

@@ -2,6 +2,7 @@
 
     path = gguf_file("runs/demo/sft/model")          # runs/demo/sft/model-gguf/model-q8_0.gguf
     gguf_file("runs/demo/sft/model", outtype="f32")  # one file per outtype, side by side
+    gguf_file("runs/demo/sft/model", outtype="q4_0") # quantized from the f16 copy
 
 Every generator the pipeline trains (SFT, DPO, each iterate round) and the base model's
 HF copy (``models.resolve_generator``) is converted the first time an engine loads it, and
@@ -41,7 +42,17 @@ from icebreaker_ray.models import _file_lock, cache_dir
 
 #: The llama-cpp-python release whose engine and converter the project uses (pyproject pins it).
 LLAMA_CPP_VERSION = "0.3.36"
-OUTTYPES = ("q8_0", "f16", "bf16", "f32")
+#: Weight types the converter writes itself.
+CONVERTER_OUTTYPES = ("q8_0", "f16", "bf16", "f32")
+#: Weight types made from the f16 GGUF by llama.cpp's quantizer (``llama_model_quantize``,
+#: what the ``llama-quantize`` tool runs), with the llama.cpp file type of each. On the 135M
+#: generator (hidden size 576, not a multiple of the k-quants' 256-blocks) the k-quants keep
+#: many tensors at q8_0 or q6_k, so q4_0/q5_0 are the ones that actually shrink it.
+QUANTIZED_OUTTYPES = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
+                      "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1",
+                      "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+                      "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+OUTTYPES = CONVERTER_OUTTYPES + tuple(QUANTIZED_OUTTYPES)
 _SDIST = f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz"
 _CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py")
 _DOWNLOAD = (f"pip download --no-deps --no-binary :all: llama-cpp-python=={LLAMA_CPP_VERSION} "
@@ -134,7 +145,10 @@ def gguf_file(model_dir: str, outtype: str = "q8_0", cache: str | None = None) -
         started = time.perf_counter()
         tmp = folder / f".model-{outtype}.tmp-{uuid.uuid4().hex[:8]}.gguf"
         try:
-            _convert(conv, src, tmp, outtype)
+            if outtype in QUANTIZED_OUTTYPES:
+                _quantize(gguf_file(model_dir, "f16", cache), tmp, outtype)
+            else:
+                _convert(conv, src, tmp, outtype)
             os.replace(tmp, out)
         finally:
             tmp.unlink(missing_ok=True)
@@ -142,6 +156,20 @@ def gguf_file(model_dir: str, outtype: str = "q8_0", cache: str | None = None) -
                   "seconds": round(time.perf_counter() - started, 2), "created": time.time()}
         io.write_json(str(manifest), record)
     return str(out)
+
+
+def _quantize(f16: str, out: Path, outtype: str) -> None:
+    """llama.cpp's quantizer from the f16 GGUF (in process: it is a C call)."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, QUANTIZED_OUTTYPES[outtype])
+    params.nthread = max(os.cpu_count() or 1, 1)
+    rc = llama_cpp.llama_model_quantize(f16.encode(), str(out).encode(), ctypes.byref(params))
+    if rc != 0 or not out.is_file():
+        raise GGUFExportError(f"quantizing {f16} to {outtype} failed (llama_model_quantize returned {rc})")
 
 
 def _convert(conv: Path, src: Path, out: Path, outtype: str) -> None:
