@@ -24,6 +24,7 @@ from icebreaker_ray.data import chitchat, io
 from icebreaker_ray.isg.filters import FilterParams, SafetyFilter
 from icebreaker_ray.models import TextEncoder
 from icebreaker_ray.pipeline import STAGES, not_run_reason, plan, run_pipeline, run_stage
+from icebreaker_ray.rid.judge import clean_summary
 from icebreaker_ray.search.mine import UTILITY_PROXY
 from icebreaker_ray.serve.store import export_impressions
 
@@ -84,7 +85,8 @@ def test_chitchat_subset_without_clicks_serves_then_trains_the_ranker(tmp_path, 
     interests = layout.trigger_interests(out)
     summaries: dict[str, set[str]] = {}
     for r in tables.sessions.to_pylist():
-        summaries.setdefault(r["user_id"], set()).add(r["summary"])
+        # as RID keeps them: greeting clauses cut (rid/judge.clean_summary)
+        summaries.setdefault(r["user_id"], set()).add(clean_summary(r["summary"], cfg.judge.max_summary_chars))
     app = start_app(out, None)
     safety = SafetyFilter(TextEncoder(), FilterParams(k=64))  # the server's rules, built apart
     events, clicks = [], 0
