@@ -40,13 +40,12 @@ def main() -> None:
     import torch
 
     from icebreaker_ray.config import load_config
-    from icebreaker_ray.isg.engines import EngineSpec
+    from icebreaker_ray.isg.engines import EngineSpec, make_batcher
     from icebreaker_ray.isg.generate import GenerationParams
     from icebreaker_ray.models import set_offline
     from icebreaker_ray.serve.app import deployment_settings
     from icebreaker_ray.serve.artifacts import locate
     from icebreaker_ray.serve.components import (
-        BatchSampler,
         InterestDistillerCore,
         ListSelectorCore,
         candidates_per_request,
@@ -61,10 +60,13 @@ def main() -> None:
     engine = EngineSpec.from_config(cfg, threads=threads).load(art.generator)
     params = GenerationParams.from_config(cfg)
     n = candidates_per_request(cfg)
-    sampler = BatchSampler(engine, params, n)
+    # the generator deployment's batcher (with serve.split_alone, as the server runs it)
+    batcher = make_batcher(engine, num_return=n, max_requests=cfg.serve.max_batch_size,
+                           temperature=params.temperature, top_p=params.top_p,
+                           max_new_tokens=params.max_new_tokens, split_alone=cfg.serve.split_alone)
     k = cfg.generation.K
-    print(f"generator {art.generator} ({cfg.generation.engine}, {threads} threads), "
-          f"{n} candidate lists per request, K={k}")
+    print(f"generator {art.generator} ({cfg.generation.engine}, {threads} threads, "
+          f"split_alone={cfg.serve.split_alone}), {n} candidate lists per request, K={k}")
 
     rows = []
     for i in range(args.requests + 1):  # the first one warms up
@@ -76,9 +78,7 @@ def main() -> None:
         marks["distill"] = time.perf_counter() - t0
 
         clock = Marks(marks, finished_starters)
-        [texts] = sampler.engine.sample(
-            [_messages(d.interests, k, params)], num_return=n, temperature=params.temperature,
-            top_p=params.top_p, max_new_tokens=params.max_new_tokens, on_step=clock.step)
+        texts = batcher.submit(_messages(d.interests, k, params), clock.step).result()
         marks["all"] = time.perf_counter() - clock.start
         torch.set_num_threads(deployment_settings(cfg, "ListSelector").num_threads or 1)
         if "first_text" in marks:
@@ -108,6 +108,7 @@ def main() -> None:
     print(f"  {'in-process full list':28s} {med('distill') + med('all') + med('select'):8.1f}")
     print(f"  {'in-process first starter':28s} {med('distill') + med('first_raw') + med('screen'):8.1f}")
     print(f"  generated starters per list: {np.mean([r['generated'] for r in rows]):.2f} of {k}")
+    batcher.close()
 
 
 class Marks:

@@ -387,6 +387,11 @@ class ServeSection(Section):
     # together, continuous batching; hf: requests per generate call). Nobody waits for a
     # batch to fill: a request starts at the engine's next step.
     max_batch_size: int = Field(default=8, ge=1)
+    # llamacpp: a request alone in the generator decodes half of its candidate lists on a
+    # second context with half of the threads (two 1-thread decodes of one sequence each
+    # beat one 2-thread decode of two on CPUs); its sequences move back as soon as another
+    # request comes (isg.engines.ContinuousBatcher). Needs 2+ threads and candidates.
+    split_alone: bool = True
 
 
 class Config(Section):

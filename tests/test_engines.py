@@ -233,6 +233,38 @@ def test_continuous_batcher_gives_what_one_call_per_request_gives(tiny_generator
         assert all(done for _, done in seen.values())
 
 
+def test_a_lone_request_splits_over_two_contexts_and_merges_when_company_comes(tiny_generator):
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make setup builds it)")
+    from icebreaker_ray.isg.engines import make_batcher
+
+    spec = EngineSpec(kind="llamacpp", batch_size=8, gguf_outtype="f32", threads=2)
+    sampling = dict(temperature=0.9, top_p=0.95, max_new_tokens=12)
+    batcher = make_batcher(spec.load(tiny_generator), num_return=2, max_requests=4,
+                           split_alone=True, **sampling)
+    alone = spec.load(tiny_generator)
+    expected = [alone.sample([c], num_return=2, seed=20 + i, **sampling)[0] for i, c in enumerate(CONVS)]
+
+    # one at a time: each request's second sample decodes on the side lane
+    seen, on_step = _collect()
+    first = batcher.submit(CONVS[0], on_step, seed=20).result(timeout=120)
+    assert batcher.side.moves == 1 and batcher.side.job is None  # copied in, then finished there
+    assert first == expected[0]
+    assert {j: t for j, (t, _) in seen.items()} == dict(enumerate(first))
+
+    # company: the others arrive after the first request's first step (it runs split),
+    # so its side sequence moves back into the main context and all decode together
+    futures = []
+
+    def company(news):
+        if not futures:
+            futures.extend(batcher.submit(c, seed=21 + i) for i, c in enumerate(CONVS[1:]))
+
+    head = batcher.submit(CONVS[0], company, seed=20)
+    assert [head.result(timeout=120), *(f.result(timeout=120) for f in futures)] == expected
+    assert batcher.side.moves == 3  # in and back out for the first; the others never split
+    batcher.close()
+
+
 def test_continuous_batcher_fails_one_request_not_the_others(tiny_generator):
     pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (make setup builds it)")
     from icebreaker_ray.isg.engines import ContinuousBatcher

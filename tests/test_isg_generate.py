@@ -38,6 +38,19 @@ def test_first_complete_candidate_wins(safety):
     assert format_pass_rate([res]) == pytest.approx(1 / 3)
 
 
+def test_stop_early_reads_up_to_the_list_and_picks_the_same(safety):
+    after = render_completion([GOOD[0], "What are the early symptoms of cancer?", GOOD[2]])
+    texts = ["no format at all", render_completion(GOOD[1:4]), after]
+    full, early = select_list(texts, safety, k=3), select_list(texts, safety, k=3, stop_early=True)
+    assert early.starters == full.starters == GOOD[1:4] and early.reason == "ok"
+    assert len(early.candidates) == 2 and len(full.candidates) == 3
+    assert full.rejections["sensitive_keyword"] == 1 and early.rejections["sensitive_keyword"] == 0
+    # with no complete candidate, every one is read and pooled either way
+    pooled = [render_completion(GOOD[:2]), render_completion(GOOD[1:3])]
+    assert (select_list(pooled, safety, k=3, stop_early=True).starters
+            == select_list(pooled, safety, k=3).starters == GOOD[:3])
+
+
 def test_incomplete_candidates_are_pooled_through_the_filter(safety):
     texts = [render_completion([GOOD[0], GOOD[1]]),
              render_completion([GOOD[1], "What are the early symptoms of cancer?", GOOD[2]])]

@@ -24,7 +24,10 @@ in a batcher whose ``submit`` returns a future. On llamacpp it is a
 :class:`ContinuousBatcher` (a request's prompt joins the running decode loop at its next
 step, its sequences leave it when they finish: continuous batching); on other engines a
 :class:`StaticBatcher` (the requests that are pending when the engine is free go into one
-``sample`` call). Neither waits for company.
+``sample`` call). Neither waits for company. A request alone in the continuous batcher
+may decode half of its samples on a second context with half of the threads
+(``serve.split_alone``, :class:`_SideLane`): on 2 CPU cores two one-sequence decodes side
+by side beat one decode of two sequences.
 
 Both CPU engines render the prompt with the HF tokenizer's chat template, tokenize and
 detokenize with it, so they read and write the same tokens; they sample with temperature,
@@ -189,10 +192,17 @@ class LlamaCppEngine:
             ll.llama_free(self.ctx)
             self.ctx, self.prefix = None, []
         n_ctx, n_seq = max(n_ctx, have_ctx, 512), max(n_seq, have_seq)
+        self.ctx, self.ctx_size = self.new_context(n_ctx, n_seq, self.threads), (n_ctx, n_seq)
+        return self.ctx
+
+    def new_context(self, n_ctx: int, n_seq: int, threads: int):
+        """A fresh llama.cpp context on this engine's weights (the caller frees it, unless
+        it is the engine's own, see :meth:`_context`)."""
+        ll = self.ll
         p = ll.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch = n_ctx, n_ctx, min(n_ctx, 512)
         p.n_seq_max = n_seq
-        p.n_threads = p.n_threads_batch = self.threads
+        p.n_threads = p.n_threads_batch = threads
         # One cache shared by all sequences: the copies of a prompt point at its cells
         # instead of each holding its own.
         p.kv_unified = True
@@ -200,7 +210,6 @@ class LlamaCppEngine:
         ctx = ll.llama_init_from_model(self.model, p)
         if not ctx:
             raise EngineError(f"llama.cpp could not create a context of {n_ctx} cells, {n_seq} sequences")
-        self.ctx, self.ctx_size = ctx, (n_ctx, n_seq)
         return ctx
 
     def sample(self, conversations, *, num_return=1, temperature=0.9, top_p=0.95,
@@ -349,13 +358,15 @@ class Batcher(Protocol):
 
 
 def make_batcher(engine: Engine, *, num_return: int, max_requests: int, temperature: float,
-                 top_p: float, max_new_tokens: int) -> Batcher:
+                 top_p: float, max_new_tokens: int, split_alone: bool = False) -> Batcher:
     """The serving batcher of ``engine``: continuous batching where the engine has it
-    (llamacpp), else pending requests batched per engine call."""
+    (llamacpp; ``split_alone``: see :class:`ContinuousBatcher`), else pending requests
+    batched per engine call."""
     kw = dict(num_return=num_return, temperature=temperature, top_p=top_p,
               max_new_tokens=max_new_tokens)
     if isinstance(engine, LlamaCppEngine):
-        return ContinuousBatcher(engine, max_sequences=max_requests * num_return, **kw)
+        return ContinuousBatcher(engine, max_sequences=max_requests * num_return,
+                                 split_alone=split_alone, **kw)
     return StaticBatcher(engine, max_requests=max_requests, **kw)
 
 
@@ -462,6 +473,60 @@ class _Live:
     tokens: list[list[int]]
     done: list[bool]
     rows: list[int]
+    lanes: list[int] = field(default_factory=list)  # per sample: 0 the main context, 1 the side lane
+
+
+class _SideLane:
+    """A second llama.cpp context on the same weights, with its own thread(s), that
+    decodes part of a request's samples in parallel with the main context.
+
+    One ``llama_decode`` of two sequences costs about twice one of a single sequence on a
+    2-core CPU (the matmuls of a tiny batch do not reuse the weights they read), while two
+    one-thread contexts each decoding one sequence run side by side. So a request alone
+    in the batcher decodes its samples split over the two contexts; as soon as another
+    request is waiting, the side lane's sequences move back into the main context (their
+    KV cells copied with ``llama_state_seq_get_data``/``set_data``, their samplers kept)
+    and everything decodes together again, which is faster from about three sequences on.
+    """
+
+    def __init__(self, engine: LlamaCppEngine, n_ctx: int, n_seq: int, threads: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.ll, self.n_ctx, self.threads = engine.ll, n_ctx, threads
+        self.ctx = engine.new_context(n_ctx, n_seq, threads)
+        self.mem = self.ll.llama_get_memory(self.ctx)
+        self.batch = self.ll.llama_batch_init(n_ctx, 0, 1)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="llamacpp-side-lane")
+        self.job: _Live | None = None  # the request whose samples it decodes
+        self.moves = 0  # sequences moved in or out (tests, logs)
+
+    def copy_in(self, src_ctx, src_seq: int, dst_seq: int) -> None:
+        """Copy sequence ``src_seq`` of ``src_ctx`` into this lane's ``dst_seq``."""
+        _copy_seq(self.ll, src_ctx, src_seq, self.ctx, dst_seq)
+        self.moves += 1
+
+    def move_out(self, seq: int, dst_ctx, dst_seq: int) -> None:
+        """Move this lane's ``seq`` into ``dst_seq`` of ``dst_ctx``."""
+        _copy_seq(self.ll, self.ctx, seq, dst_ctx, dst_seq)
+        self.ll.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        self.moves += 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.ll.llama_batch_free(self.batch)
+        self.ll.llama_free(self.ctx)
+
+
+def _copy_seq(ll, src_ctx, src_seq: int, dst_ctx, dst_seq: int) -> None:
+    """Copy one sequence's KV cells from one context to another on the same weights."""
+    import ctypes
+
+    size = ll.llama_state_seq_get_size(src_ctx, src_seq)
+    buf = (ctypes.c_uint8 * size)()
+    if ll.llama_state_seq_get_data(src_ctx, buf, size, src_seq) != size:
+        raise EngineError(f"llama.cpp could not read the KV cells of sequence {src_seq}")
+    if ll.llama_state_seq_set_data(dst_ctx, buf, size, dst_seq) == 0:
+        raise EngineError(f"llama.cpp could not restore a sequence's KV cells ({size} bytes)")
 
 
 class ContinuousBatcher(_QueueThread):
@@ -472,11 +537,15 @@ class ContinuousBatcher(_QueueThread):
     sequence, and a request leaves the batch, freeing its sequences and KV cells, as soon
     as all of its samples have finished. At most ``max_sequences`` sequences run at once;
     a request that does not fit waits for room. The engine must not be used for anything
-    else while the batcher runs."""
+    else while the batcher runs.
+
+    ``split_alone``: a request that arrives to an idle batcher decodes the second half of
+    its samples on a :class:`_SideLane` (half of the engine's threads each) until another
+    request comes or its first half is done; needs ``num_return`` >= 2 and 2+ threads."""
 
     def __init__(self, engine: LlamaCppEngine, *, num_return: int, max_sequences: int,
                  temperature: float, top_p: float, max_new_tokens: int,
-                 max_prompt_tokens: int = 1024) -> None:
+                 max_prompt_tokens: int = 1024, split_alone: bool = False) -> None:
         if num_return < 1 or max_new_tokens < 1:
             raise ValueError("num_return and max_new_tokens must be >= 1")
         self.e, self.n = engine, num_return
@@ -485,6 +554,9 @@ class ContinuousBatcher(_QueueThread):
         per_request = max_prompt_tokens + num_return * (max_new_tokens + 1)
         self.n_ctx = min(engine.max_context,
                          max_prompt_tokens + (self.max_sequences // num_return) * per_request)
+        self.side_threads = engine.threads // 2 if split_alone and num_return > 1 else 0
+        self.side_ctx = per_request + 64
+        self.side: _SideLane | None = None
         self._start("llamacpp-batcher")
 
     # -- the loop ------------------------------------------------------------------------
@@ -499,6 +571,12 @@ class ContinuousBatcher(_QueueThread):
         self.live: list[_Live] = []
         self.free = list(range(self.max_sequences))
         self.cells_free = e.ctx_size[0] - len(e.prefix)
+        if self.side_threads:
+            try:
+                self.side = _SideLane(e, self.side_ctx, self.n, self.side_threads)
+            except EngineError:  # serving goes on in one context
+                log.warning("no second llama.cpp context: lone requests will not be split",
+                            exc_info=True)
         closing = False
         try:
             while True:
@@ -529,26 +607,41 @@ class ContinuousBatcher(_QueueThread):
                     ll.llama_memory_clear(self.mem, True)
                     e.prefix = []
                     self.cells_free = e.ctx_size[0]
+                    if self.side is not None:
+                        ll.llama_memory_clear(self.side.mem, True)
+                        self._unsplit(ctx)
         finally:
             ll.llama_batch_free(batch)
             for job in self.live:
                 self._release(job, self.free)
+            if self.side is not None:
+                self.side.close()
 
     def _step(self, ctx, batch, admitted: list[_Live]) -> None:
         """Admit what fits, decode one token of every running sequence together with the
         new prompts, sample, report, and finish the requests that are done."""
-        ll, e = self.e.ll, self.e
+        ll, e, side = self.e.ll, self.e, self.side
+        if side is not None and side.job is not None and (
+                self.pending or not any(not job.done[j] and job.lanes[j] == 0
+                                        for job in self.live for j in range(self.n))):
+            self._merge(ctx)  # company arrived, or the main context's half is done
         rows = 0
         while self.pending and len(self.free) >= self.n:
             request = self.pending[0]
             try:
                 prompt = _prompt_ids(e.tok, [request.conversation])[0]
-                if not self.live and not admitted:  # idle: the cached prefix may change
+                alone = not self.live and not admitted
+                if alone:  # idle: the cached prefix may change
                     e._cached_prefix(ctx, _shared_prefix(e.tok, [request.conversation], [prompt]))
                     self.cells_free = e.ctx_size[0] - len(e.prefix)
                 shared = (len(e.prefix) if prompt[:len(e.prefix)] == e.prefix
                           and len(prompt) > len(e.prefix) else 0)
                 need = len(prompt) - shared + self.n * (self.max_new_tokens + 1)
+                split = (side is not None and alone and len(self.pending) == 1
+                         and len(prompt) + self.n * (self.max_new_tokens + 1) <= side.n_ctx)
+                lanes = [int(split and j >= (self.n + 1) // 2) for j in range(self.n)]
+                # side-lane samples come back with their own copy of the prompt's cells
+                need += sum(lanes) * len(prompt)
                 if need > e.ctx_size[0] - len(e.prefix):
                     raise EngineError(f"a prompt of {len(prompt)} tokens does not fit the "
                                       f"batcher's {e.ctx_size[0]} KV cells")
@@ -564,7 +657,7 @@ class ContinuousBatcher(_QueueThread):
             job = _Live(request, prompt, seqs, need,
                         e._samplers([hash((seed, 0, j)) for j in range(self.n)],
                                     self.temperature, self.top_p, True),
-                        [[] for _ in seqs], [False] * self.n, [0] * self.n)
+                        [[] for _ in seqs], [False] * self.n, [0] * self.n, lanes)
             admitted.append(job)
             self.cells_free -= need
             if shared:
@@ -573,19 +666,43 @@ class ContinuousBatcher(_QueueThread):
                 _put(batch, rows, prompt[pos], pos, seqs[0], pos == len(prompt) - 1)
                 rows += 1
             job.rows = [rows - 1] * self.n  # every sample starts from the prompt's last logits
+        side_rows = 0
         for job in self.live:
             for j, s in enumerate(job.seqs):
-                if not job.done[j]:
-                    _put(batch, rows, job.tokens[j][-1], len(job.prompt) + len(job.tokens[j]) - 1, s, True)
+                if job.done[j]:
+                    continue
+                pos = len(job.prompt) + len(job.tokens[j]) - 1
+                if job.lanes[j]:  # on the side lane, sample j is its sequence j
+                    _put(side.batch, side_rows, job.tokens[j][-1], pos, j, True)
+                    job.rows[j] = side_rows
+                    side_rows += 1
+                else:
+                    _put(batch, rows, job.tokens[j][-1], pos, s, True)
                     job.rows[j] = rows
                     rows += 1
-        if rows == 0:
+        if rows == 0 and side_rows == 0:
             return
-        batch.n_tokens = rows
-        e._decode(ctx, batch)
+        side_decode = None
+        if side_rows:  # both contexts decode at once (ctypes lets go of the GIL)
+            side.batch.n_tokens = side_rows
+            side_decode = side.pool.submit(e._decode, side.ctx, side.batch)
+        try:
+            if rows:
+                batch.n_tokens = rows
+                e._decode(ctx, batch)
+        finally:
+            if side_decode is not None:
+                side_decode.result()
         for job in admitted:  # the other samples of a prompt share its cells
-            for s in job.seqs[1:]:
-                ll.llama_memory_seq_cp(self.mem, job.seqs[0], s, -1, -1)
+            for j, s in enumerate(job.seqs[1:], start=1):
+                if job.lanes[j]:
+                    side.copy_in(ctx, job.seqs[0], j)
+                else:
+                    ll.llama_memory_seq_cp(self.mem, job.seqs[0], s, -1, -1)
+            if any(job.lanes):
+                side.job = job
+                ll.llama_set_n_threads(ctx, e.threads - side.threads, e.threads - side.threads)
+        fresh = {id(job) for job in admitted}  # their first tokens come from the prompt's logits
         self.live += admitted
         admitted.clear()
         for job in list(self.live):
@@ -593,7 +710,9 @@ class ContinuousBatcher(_QueueThread):
             for j in range(self.n):
                 if job.done[j]:
                     continue
-                token = ll.llama_sampler_sample(job.chains[j], ctx, job.rows[j])
+                on_side = job.lanes[j] and id(job) not in fresh
+                token = ll.llama_sampler_sample(job.chains[j], side.ctx if on_side else ctx,
+                                                job.rows[j])
                 if token in e.stop_ids or ll.llama_vocab_is_eog(e.vocab, token):
                     job.done[j] = True
                 else:
@@ -611,8 +730,30 @@ class ContinuousBatcher(_QueueThread):
                 self.cells_free += job.cells
                 job.request.future.set_result([e._text(t) for t in job.tokens])
 
+    def _merge(self, ctx) -> None:
+        """Move the side lane's live sequences into the main context and decode everything
+        there with all threads again."""
+        job, side = self.side.job, self.side
+        for j in range(self.n):
+            if job.lanes[j]:
+                if job.done[j]:
+                    self.e.ll.llama_memory_seq_rm(side.mem, j, -1, -1)
+                else:
+                    side.move_out(j, ctx, job.seqs[j])
+                job.lanes[j] = 0
+        self._unsplit(ctx)
+
+    def _unsplit(self, ctx) -> None:
+        self.side.job = None
+        self.e.ll.llama_set_n_threads(ctx, self.e.threads, self.e.threads)
+
     def _release(self, job: _Live, free: list[int]) -> None:
         """Give a finished (or failed) request's sequences, KV cells and samplers back."""
+        if self.side is not None and self.side.job is job:
+            for j in range(self.n):
+                if job.lanes[j]:
+                    self.e.ll.llama_memory_seq_rm(self.side.mem, j, -1, -1)
+            self._unsplit(self.e.ctx)
         for s in job.seqs:
             self.e.ll.llama_memory_seq_rm(self.mem, s, -1, -1)
         for chain in job.chains:

@@ -441,6 +441,12 @@ class SafetyFilter:
         emb = _as_unit_rows(self.embed(list(texts)), len(texts))
         return (emb @ self.prototype_embeddings.T).max(axis=1)
 
+    @staticmethod
+    def embedded_text(starter: str) -> str:
+        """The form of ``starter`` that :meth:`filter` embeds (whitespace normalized), so a
+        caller with a caching embedder can embed a request's texts in one batch first."""
+        return _normalize_ws(starter)
+
     def is_safe(self, text: str) -> bool:
         """True if a single text passes every rule except the list-level ones (dup, k)."""
         if not isinstance(text, str):

@@ -205,13 +205,16 @@ def _step_streamer(tok: Any, seqs: list[int], on_step: Callable) -> Any:
 
 
 def select_list(texts: Sequence[str], safety: SafetyFilter, k: int,
-                grounding: Sequence[str] | None = None) -> GenerationResult:
+                grounding: Sequence[str] | None = None, *, stop_early: bool = False
+                ) -> GenerationResult:
     """The one list-selection policy (evaluation grades it, the server and the precomputed
     store serve it): parse and filter each sampled candidate in order; the first that
     keeps K starters is the list, else the valid starters of all candidates pooled.
 
     ``grounding``: the texts the lists were written from (the prompt's interests), for the
-    filter's invented-entity rule."""
+    filter's invented-entity rule. ``stop_early`` (the server): do not filter the
+    candidates after the first complete one; the list is the same, but ``candidates`` and
+    ``rejections`` then cover only those read (evaluation counts them all)."""
     candidates, rejections = [], Counter()
     for text in texts:
         parsed = parse_starters(text)
@@ -219,6 +222,8 @@ def select_list(texts: Sequence[str], safety: SafetyFilter, k: int,
         rejections.update(res.counts)
         complete = parsed.status != "empty" and res.complete
         candidates.append(Candidate(text, parsed.status, res.kept, complete, len(parsed.starters)))
+        if stop_early and complete:
+            break
     for c in candidates:
         if c.complete:
             return GenerationResult(c.kept, "ok", candidates, rejections)

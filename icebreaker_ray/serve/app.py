@@ -127,7 +127,8 @@ class StarterGenerator:
         _replica_setup(cfg, "StarterGenerator")
         spec = EngineSpec.from_config(cfg, threads=deployment_settings(cfg, "StarterGenerator").num_threads)
         self.queue = GenerationQueue(spec.load(art.generator), GenerationParams.from_config(cfg),
-                                     candidates_per_request(cfg), cfg.serve.max_batch_size)
+                                     candidates_per_request(cfg), cfg.serve.max_batch_size,
+                                     split_alone=cfg.serve.split_alone)
 
     async def sample(self, job: GenJob) -> list[str]:
         """The candidate texts of one request."""

@@ -294,13 +294,13 @@ class GenerationQueue:
     :func:`~icebreaker_ray.isg.engines.make_batcher`. Nobody waits for a batch to fill."""
 
     def __init__(self, engine: Engine, params: GenerationParams, num_candidates: int,
-                 max_requests: int) -> None:
+                 max_requests: int, split_alone: bool = False) -> None:
         from icebreaker_ray.isg.engines import make_batcher
 
         self.params = params
         self.batcher = make_batcher(engine, num_return=num_candidates, max_requests=max_requests,
                                     temperature=params.temperature, top_p=params.top_p,
-                                    max_new_tokens=params.max_new_tokens)
+                                    max_new_tokens=params.max_new_tokens, split_alone=split_alone)
 
     def submit(self, job: GenJob, emit: Callable[[GenUpdate], None] | None = None) -> Future:
         """Queue one request; the future's result is its candidate texts. ``emit`` (if
@@ -434,7 +434,16 @@ class ListSelectorCore:
         the interests the model read; the cold-start list fills what is missing. Each
         starter's score is its R_util (the click-free proxy without a ranker); the order
         is the model's."""
-        valid = select_list(candidates, self.safety, k, interests).starters
+        # One encoder pass for what the filter and R_util embed below (the encoder caches
+        # by text): the first candidate's starters (often the list: later candidates are
+        # only read when it fails), the ranker's history window and profile, or the
+        # proxy's interests. Three small batches cost about three times one.
+        first = [self.safety.embedded_text(s) for s in parse_starters(candidates[0]).starters
+                 ] if candidates else []
+        context = ([*list(history)[-RANKER_WINDOW:], profile or ""] if self.ranker is not None
+                   else list(interests))
+        self.encoder(list(dict.fromkeys([*first, *context])))
+        valid = select_list(candidates, self.safety, k, interests, stop_early=True).starters
         picks: list[Pick] = []
         if valid:
             util = self.utility(user_id, history, profile, interests, valid, self.encoder(valid))
