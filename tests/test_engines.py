@@ -157,6 +157,17 @@ def test_quantized_gguf_from_the_f16_copy(tiny_generator, tmp_path):
     assert [len(x) for x in out] == [2, 2] and all(t for x in out for t in x)
 
 
+def test_the_config_offers_exactly_the_weight_types_the_exporter_writes():
+    # config.py cannot import isg/ (it sits below it), so the Literal repeats the list
+    from typing import get_args
+
+    from icebreaker_ray.config import GenerationSection
+    from icebreaker_ray.isg.gguf_export import OUTTYPES
+
+    offered = get_args(GenerationSection.model_fields["gguf_outtype"].annotation)
+    assert sorted(offered) == sorted(OUTTYPES)
+
+
 def test_bad_engine_settings_fail_clearly(tiny_generator, tmp_path):
     from icebreaker_ray.config import ConfigError, load_config
     from icebreaker_ray.isg.gguf_export import GGUFExportError, gguf_file

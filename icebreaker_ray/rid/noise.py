@@ -126,7 +126,7 @@ def strip_greetings(text: str) -> str:
     out = "".join(kept).strip()
     if not out or not _WORD_RE.search(out):
         return text
-    return out.rstrip(" /,;") if not out.endswith(("?", "!", ".")) else out
+    return out.rstrip(" /,;")  # a dangling separator goes; "?", "!" and "." stay
 
 
 def support_counts(user_ids: Sequence[str] | np.ndarray, emb: np.ndarray, threshold: float,
